@@ -1,0 +1,222 @@
+//! The admin listener (its own thread, a small tokio runtime, hyper): `/health`, `/metrics`,
+//! `/stats` and `POST /api/publish`. Nothing here runs on a shard.
+
+use crate::message::Publish;
+use crate::protocol::{check_channel, parse_priority, ErrorCode};
+use crate::server::Node;
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest `POST /api/publish` body.
+const MAX_PUBLISH_BODY: usize = 1 << 20;
+
+/// Binds the admin listener and serves it on a thread of its own; returns the bound address.
+pub fn spawn(node: Arc<Node>) -> Result<SocketAddr> {
+    let addr = node.config.admin_listen;
+    let std_listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("binding admin listener {addr}"))?;
+    std_listener.set_nonblocking(true)?;
+    let local = std_listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the admin runtime")?;
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin listener failed");
+                        return;
+                    }
+                };
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    let node = node.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| handle(node.clone(), req));
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            })
+        })
+        .context("starting the admin thread")?;
+    Ok(local)
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, v: &Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, code: ErrorCode, message: &str) -> Resp {
+    json_response(
+        status,
+        &json!({"ok": false, "error": {"code": code.as_str(), "message": message}}),
+    )
+}
+
+async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Resp, std::convert::Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/health") => health(&node),
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(node.metrics.encode())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        (&Method::GET, "/stats") => stats(&node).await,
+        (&Method::POST, "/api/publish") => publish(&node, req).await,
+        (_, "/health" | "/metrics" | "/stats" | "/api/publish") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::BadRequest,
+            "method not allowed",
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such endpoint",
+        ),
+    };
+    Ok(resp)
+}
+
+fn health(node: &Node) -> Resp {
+    if node.is_draining() {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "draining"}),
+        )
+    } else {
+        json_response(StatusCode::OK, &json!({"status": "ok"}))
+    }
+}
+
+async fn stats(node: &Node) -> Resp {
+    let shards = node.bus.stats().await;
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "uptime_secs": node.started.elapsed().as_secs(),
+            "draining": node.is_draining(),
+            "connections": node.connections(),
+            "max_connections": node.max_connections,
+            "shards": shards,
+        }),
+    )
+}
+
+/// Compares without an early exit, so response timing does not reveal the key.
+fn same_key(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0
+}
+
+async fn publish(node: &Node, req: Request<Incoming>) -> Resp {
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .unwrap_or("");
+    if !same_key(given.trim().as_bytes(), node.api_key().as_bytes()) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden,
+            "missing or wrong API key",
+        );
+    }
+    if node.is_draining() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            "gateway is shutting down",
+        );
+    }
+    let body = match Limited::new(req.into_body(), MAX_PUBLISH_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                &format!("body: {e}"),
+            );
+        }
+    };
+    let p = match parse_publish(&body, node.config.limits.max_channel_len) {
+        Ok(p) => p,
+        Err(m) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &m),
+    };
+    let channel = p.channel.clone();
+    match node.bus.publish(p).await {
+        Ok(pos) => json_response(
+            StatusCode::OK,
+            &json!({"ok": true, "channel": channel, "pos": pos}),
+        ),
+        Err(r) => error(StatusCode::SERVICE_UNAVAILABLE, r.code, &r.message),
+    }
+}
+
+/// `{"channel":..,"event":..,"id":..,"priority":..,"data":..}`
+pub fn parse_publish(body: &[u8], max_channel_len: usize) -> Result<Publish, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
+    let obj = v.as_object().ok_or("body must be a JSON object")?;
+    let channel = obj
+        .get("channel")
+        .and_then(Value::as_str)
+        .ok_or("channel (string) is required")?;
+    check_channel(channel, max_channel_len)?;
+    let opt_str = |k: &str| -> Result<Option<String>, String> {
+        match obj.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("{k} must be a string")),
+        }
+    };
+    Ok(Publish {
+        channel: channel.to_string(),
+        event: opt_str("event")?,
+        id: opt_str("id")?,
+        priority: parse_priority(obj.get("priority"))?,
+        data: obj.get("data").cloned().unwrap_or(Value::Null),
+        from: None,
+        born: Instant::now(),
+    })
+}

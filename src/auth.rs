@@ -1,0 +1,249 @@
+//! JWT verification before the upgrade, and the channel permissions carried by the claims.
+
+use crate::config::{AuthConfig, JwtAlgorithm, DEV_JWT_SECRET};
+use anyhow::{Context, Result};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Why a token was refused; the label is the 401 body and the metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    Malformed,
+    BadSignature,
+    Algorithm,
+    Expired,
+    NotYetValid,
+    MissingExp,
+    MissingSub,
+}
+
+impl AuthError {
+    pub const ALL: [AuthError; 8] = [
+        AuthError::Missing,
+        AuthError::Malformed,
+        AuthError::BadSignature,
+        AuthError::Algorithm,
+        AuthError::Expired,
+        AuthError::NotYetValid,
+        AuthError::MissingExp,
+        AuthError::MissingSub,
+    ];
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_token",
+            AuthError::Malformed => "malformed_token",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Algorithm => "algorithm_not_allowed",
+            AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
+            AuthError::MissingExp => "missing_exp",
+            AuthError::MissingSub => "missing_sub",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        AuthError::ALL
+            .iter()
+            .position(|e| *e == self)
+            .unwrap_or_default()
+    }
+}
+
+/// Claims the gateway reads. `sub` may be a JSON string or number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    #[serde(deserialize_with = "string_or_number")]
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Vec<String>>,
+}
+
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) if !s.is_empty() => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        _ => Err(serde::de::Error::custom(
+            "sub must be a non-empty string or a number",
+        )),
+    }
+}
+
+/// Verifies tokens with one configured key and algorithm.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    pub fn from_config(cfg: &AuthConfig) -> Result<Verifier> {
+        let (alg, key) = match cfg.jwt_algorithm {
+            JwtAlgorithm::HS256 => {
+                let secret = cfg.jwt_secret.as_deref().unwrap_or(DEV_JWT_SECRET);
+                (
+                    Algorithm::HS256,
+                    DecodingKey::from_secret(secret.as_bytes()),
+                )
+            }
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                let path = cfg
+                    .jwt_public_key_file
+                    .as_ref()
+                    .context("auth.jwt_public_key_file is required for RS256/ES256")?;
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("reading JWT public key {}", path.display()))?;
+                if cfg.jwt_algorithm == JwtAlgorithm::RS256 {
+                    let key = DecodingKey::from_rsa_pem(&pem).with_context(|| {
+                        format!("{} is not an RSA public key PEM", path.display())
+                    })?;
+                    (Algorithm::RS256, key)
+                } else {
+                    let key = DecodingKey::from_ec_pem(&pem).with_context(|| {
+                        format!("{} is not an EC public key PEM", path.display())
+                    })?;
+                    (Algorithm::ES256, key)
+                }
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.leeway = cfg.leeway_secs;
+        validation.validate_nbf = true;
+        validation.validate_exp = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Ok(Verifier { key, validation })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) => Err(classify(e.kind())),
+        }
+    }
+}
+
+fn classify(kind: &ErrorKind) -> AuthError {
+    match kind {
+        ErrorKind::InvalidSignature => AuthError::BadSignature,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthError::Algorithm,
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::MissingRequiredClaim(c) if c == "exp" => AuthError::MissingExp,
+        ErrorKind::MissingRequiredClaim(c) if c == "sub" => AuthError::MissingSub,
+        // The claims failed to deserialize: most often a missing or empty `sub`.
+        ErrorKind::Json(e) if e.to_string().contains("sub") => AuthError::MissingSub,
+        ErrorKind::Json(e) if e.to_string().contains("exp") => AuthError::MissingExp,
+        _ => AuthError::Malformed,
+    }
+}
+
+/// Does a claim's pattern list allow `channel`? A trailing `*` matches any suffix.
+pub fn allows(patterns: &[String], channel: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => channel.starts_with(prefix),
+        None => p == channel,
+    })
+}
+
+impl Claims {
+    pub fn user_channel(&self) -> String {
+        format!("user:{}", self.sub)
+    }
+
+    /// May this user subscribe to `channel`? Without a `channels` claim only its own channels.
+    pub fn may_subscribe(&self, channel: &str) -> bool {
+        if channel == crate::router::BROADCAST || channel == self.user_channel() {
+            return true;
+        }
+        self.channels.as_deref().is_some_and(|p| allows(p, channel))
+    }
+
+    /// May this user publish to `channel`? Only what the `publish` claim names.
+    pub fn may_publish(&self, channel: &str) -> bool {
+        self.publish.as_deref().is_some_and(|p| allows(p, channel))
+    }
+}
+
+/// Mints an HS256 token, for `gateway token` and for tests.
+pub fn mint_hs256(secret: &str, claims: &Claims) -> Result<String> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .context("signing token")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn verifier() -> Verifier {
+        Verifier::from_config(&AuthConfig {
+            jwt_secret: Some("s3cret".into()),
+            ..AuthConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn claims(exp: u64) -> Claims {
+        Claims {
+            sub: "42".into(),
+            exp,
+            nbf: None,
+            channels: Some(vec!["room_*".into(), "lobby".into()]),
+            publish: None,
+        }
+    }
+
+    #[test]
+    fn patterns() {
+        let p = vec!["room_*".to_string(), "lobby".to_string()];
+        assert!(allows(&p, "room_1"));
+        assert!(allows(&p, "room_"));
+        assert!(allows(&p, "lobby"));
+        assert!(!allows(&p, "lobby2"));
+        assert!(!allows(&p, "roo"));
+        assert!(allows(&["*".to_string()], "anything"));
+    }
+
+    #[test]
+    fn own_channels_without_claim() {
+        let mut c = claims(now() + 60);
+        c.channels = None;
+        assert!(c.may_subscribe("user:42"));
+        assert!(c.may_subscribe("broadcast"));
+        assert!(!c.may_subscribe("user:43"));
+        assert!(!c.may_subscribe("room_1"));
+        assert!(!c.may_publish("user:42"));
+    }
+
+    #[test]
+    fn verify_classifies_refusals() {
+        let v = verifier();
+        let ok = mint_hs256("s3cret", &claims(now() + 60)).unwrap();
+        assert_eq!(v.verify(&ok).unwrap().sub, "42");
+        let expired = mint_hs256("s3cret", &claims(now() - 60)).unwrap();
+        assert_eq!(v.verify(&expired).unwrap_err(), AuthError::Expired);
+        let wrong = mint_hs256("other", &claims(now() + 60)).unwrap();
+        assert_eq!(v.verify(&wrong).unwrap_err(), AuthError::BadSignature);
+        assert_eq!(v.verify("").unwrap_err(), AuthError::Missing);
+        assert_eq!(v.verify("a.b.c").unwrap_err(), AuthError::Malformed);
+    }
+}

@@ -1,0 +1,282 @@
+//! Configuration: defaults < TOML file (`--config`) < environment (`GATEWAY_*`) < command-line flags.
+//!
+//! Nested keys use `__` in the environment: `GATEWAY_AUTH__JWT_SECRET`, `GATEWAY_LIMITS__MAX_CONNECTIONS`.
+
+use anyhow::{bail, Context, Result};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The secret `gateway serve` falls back to when none is configured. Never use it in production.
+pub const DEV_JWT_SECRET: &str = "dev-secret-change-me";
+/// The API key for `POST /api/publish` when none is configured. Never use it in production.
+pub const DEV_API_KEY: &str = "dev-api-key-change-me";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// WebSocket listener; every shard binds it with SO_REUSEPORT.
+    pub listen: SocketAddr,
+    /// Path of the WebSocket endpoint.
+    pub ws_path: String,
+    /// Admin listener: health, metrics, stats, HTTP publish.
+    pub admin_listen: SocketAddr,
+    /// Number of shards (executors); 0 means one per available core.
+    pub shards: usize,
+    /// Pin each shard to its own CPU.
+    pub pin_cpus: bool,
+    /// Time allowed for connections to close after SIGTERM/SIGINT.
+    pub drain_timeout_ms: u64,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub session: SessionConfig,
+    pub history: HistoryConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub jwt_algorithm: JwtAlgorithm,
+    /// Shared secret for HS256.
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for RS256 / ES256.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// Bearer key for `POST /api/publish`.
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Node-wide WebSocket connections; beyond it the upgrade is refused with 503.
+    /// Also capped at run time by RLIMIT_NOFILE.
+    pub max_connections: usize,
+    /// Connections per user (`sub`) across the node; beyond it 429.
+    pub max_connections_per_user: usize,
+    /// Subscriptions per connection, not counting `user:<sub>` and `broadcast`.
+    pub max_subscriptions: usize,
+    /// Largest client message accepted; larger ones close the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// Largest HTTP upgrade request (request line and headers).
+    pub max_handshake_bytes: usize,
+    /// A client must finish its upgrade request within this time.
+    pub handshake_timeout_ms: u64,
+    /// Bytes queued for one connection before low-priority drops and then close 1013.
+    pub queue_bytes: usize,
+    /// Sustained client frames per second per connection.
+    pub client_frames_per_sec: u32,
+    /// Burst of client frames allowed above the sustained rate.
+    pub client_frames_burst: u32,
+    /// Longest channel name accepted.
+    pub max_channel_len: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// WebSocket ping interval; a connection silent for two intervals is closed.
+    pub heartbeat_ms: u64,
+    /// tungstenite's read buffer per connection (it is allocated eagerly).
+    pub read_buffer_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Messages kept per channel for `since` recovery.
+    pub size: usize,
+    /// How long a message stays recoverable.
+    pub ttl_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8080".parse().expect("static address"),
+            ws_path: "/ws".into(),
+            admin_listen: "127.0.0.1:9090".parse().expect("static address"),
+            shards: 0,
+            pin_cpus: false,
+            drain_timeout_ms: 10_000,
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            session: SessionConfig::default(),
+            history: HistoryConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_algorithm: JwtAlgorithm::HS256,
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            leeway_secs: 0,
+            api_key: None,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 100_000,
+            max_connections_per_user: 64,
+            max_subscriptions: 128,
+            max_frame_bytes: 64 * 1024,
+            max_handshake_bytes: 8 * 1024,
+            handshake_timeout_ms: 5_000,
+            queue_bytes: 256 * 1024,
+            client_frames_per_sec: 50,
+            client_frames_burst: 100,
+            max_channel_len: 200,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            heartbeat_ms: 30_000,
+            read_buffer_bytes: 1024,
+        }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            size: 256,
+            ttl_secs: 300,
+        }
+    }
+}
+
+impl Config {
+    /// Layers the sources in order of precedence; `overrides` come from command-line flags.
+    pub fn load(file: Option<&Path>, overrides: serde_json::Value) -> Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                bail!("config file {} does not exist", path.display());
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig
+            // GATEWAY_LOG is the log filter, not a config key.
+            .merge(Env::prefixed("GATEWAY_").ignore(&["LOG"]).split("__"))
+            .merge(Serialized::defaults(overrides));
+        let cfg: Config = fig.extract().context("invalid configuration")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !self.ws_path.starts_with('/') {
+            bail!("ws_path must start with '/', got {:?}", self.ws_path);
+        }
+        if self.listen.port() != 0 && self.listen == self.admin_listen {
+            bail!("listen and admin_listen must differ");
+        }
+        if self.shards > crate::router::MAX_SHARDS {
+            bail!("at most {} shards are supported", crate::router::MAX_SHARDS);
+        }
+        if self.limits.queue_bytes < 4096 {
+            bail!("limits.queue_bytes must be at least 4096");
+        }
+        if self.limits.client_frames_per_sec == 0 {
+            bail!("limits.client_frames_per_sec must be positive");
+        }
+        if self.session.heartbeat_ms < 100 {
+            bail!("session.heartbeat_ms must be at least 100");
+        }
+        if self.history.size == 0 {
+            bail!("history.size must be positive");
+        }
+        match self.auth.jwt_algorithm {
+            JwtAlgorithm::HS256 => {
+                if self.auth.jwt_public_key_file.is_some() {
+                    bail!(
+                        "auth.jwt_public_key_file is for RS256/ES256; HS256 uses auth.jwt_secret"
+                    );
+                }
+            }
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                if self.auth.jwt_public_key_file.is_none() {
+                    bail!(
+                        "auth.jwt_public_key_file is required for {:?}",
+                        self.auth.jwt_algorithm
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of shards to run: the configured count, or one per available core.
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(crate::router::MAX_SHARDS)
+        }
+    }
+
+    pub fn heartbeat(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.session.heartbeat_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("gw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gateway.toml");
+        std::fs::write(
+            &file,
+            "shards = 3\n[limits]\nmax_subscriptions = 7\nqueue_bytes = 8192\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&file), serde_json::json!({"shards": 2})).unwrap();
+        assert_eq!(cfg.shards, 2);
+        assert_eq!(cfg.limits.max_subscriptions, 7);
+        assert_eq!(cfg.limits.queue_bytes, 8192);
+        assert_eq!(cfg.ws_path, "/ws");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let dir = std::env::temp_dir().join(format!("gw-cfg-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gateway.toml");
+        std::fs::write(&file, "shardz = 3\n").unwrap();
+        assert!(Config::load(Some(&file), serde_json::json!({})).is_err());
+        let err = Config::load(None, serde_json::json!({"ws_path": "ws"})).unwrap_err();
+        assert!(format!("{err:#}").contains("ws_path"));
+        let err = Config::load(
+            None,
+            serde_json::json!({"auth": {"jwt_algorithm": "RS256"}}),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("jwt_public_key_file"));
+    }
+}

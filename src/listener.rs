@@ -1,0 +1,56 @@
+//! The WebSocket listener of one shard: its own SO_REUSEPORT socket, so the kernel spreads
+//! connections across shards and each connection lives its whole life on the shard that accepted it.
+
+use crate::handshake;
+use crate::shard::Shard;
+use glommio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Deep enough for a fast ramp of tens of thousands of connections (capped by somaxconn).
+const BACKLOG: i32 = 4096;
+
+fn socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sk.set_reuse_address(true)?;
+    sk.set_reuse_port(true)?;
+    Ok(sk)
+}
+
+/// Binds without listening, to learn the port when asked for port 0; the shards then bind the
+/// same port. Keep it open until they have.
+pub fn reserve(addr: SocketAddr) -> std::io::Result<(Socket, SocketAddr)> {
+    let sk = socket(addr)?;
+    sk.bind(&addr.into())?;
+    let local = sk
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("listener has no inet address"))?;
+    Ok((sk, local))
+}
+
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sk = socket(addr)?;
+    sk.bind(&addr.into())?;
+    sk.listen(BACKLOG)?;
+    // SAFETY: the descriptor was just created here and is handed over whole.
+    Ok(unsafe { TcpListener::from_raw_fd(sk.into_raw_fd()) })
+}
+
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(handshake::serve(shard.clone(), stream)).detach();
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning; clients wait in the backlog.
+                tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

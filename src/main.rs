@@ -1,0 +1,213 @@
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use gateway::auth::{mint_hs256, Claims};
+use gateway::config::{Config, DEV_JWT_SECRET};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// WebSocket push gateway: thread-per-core on io_uring, JWT-authenticated rooms, encode-once fan-out.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (defaults: WebSocket on 0.0.0.0:8080/ws, admin on 127.0.0.1:9090).
+    Serve(Box<ServeArgs>),
+    /// Mint an HS256 token for development (uses the configured secret, or the dev secret).
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file; environment (GATEWAY_*, nested keys with __) and flags override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// WebSocket listen address (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Path of the WebSocket endpoint.
+    #[arg(long)]
+    ws_path: Option<String>,
+    /// Admin listen address: /health, /metrics, /stats, POST /api/publish.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Number of shards (0 = one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Pin each shard to its own CPU.
+    #[arg(long)]
+    pin_cpus: bool,
+    /// HS256 shared secret.
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    /// HS256, RS256 or ES256.
+    #[arg(long)]
+    jwt_algorithm: Option<String>,
+    /// PEM public key for RS256/ES256.
+    #[arg(long)]
+    jwt_public_key_file: Option<PathBuf>,
+    /// Bearer key for POST /api/publish.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Node-wide connection limit (503 beyond it).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Connections per user (429 beyond it).
+    #[arg(long)]
+    max_connections_per_user: Option<usize>,
+    /// Subscriptions per connection.
+    #[arg(long)]
+    max_subscriptions: Option<usize>,
+    /// Largest client message in bytes (close 1009 beyond it).
+    #[arg(long)]
+    max_frame_bytes: Option<usize>,
+    /// Bytes queued per connection before low-priority drops and close 1013.
+    #[arg(long)]
+    queue_bytes: Option<usize>,
+    /// Client frames per second per connection.
+    #[arg(long)]
+    client_frames_per_sec: Option<u32>,
+    /// Burst of client frames above the rate.
+    #[arg(long)]
+    client_frames_burst: Option<u32>,
+    /// Time allowed to finish the upgrade request.
+    #[arg(long)]
+    handshake_timeout_ms: Option<u64>,
+    /// WebSocket ping interval; silence for two intervals closes the connection.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Messages kept per channel for `since`.
+    #[arg(long)]
+    history_size: Option<usize>,
+    /// Seconds a message stays recoverable.
+    #[arg(long)]
+    history_ttl_secs: Option<u64>,
+    /// Time allowed for clients to close after SIGTERM.
+    #[arg(long)]
+    drain_timeout_ms: Option<u64>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// User id (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// Channels the user may subscribe to, comma-separated; a trailing * matches any suffix.
+    #[arg(long, value_delimiter = ',')]
+    channels: Vec<String>,
+    /// Channels the user may publish to, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    publish: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// Secret to sign with (default: the configured auth.jwt_secret, else the dev secret).
+    #[arg(long)]
+    secret: Option<String>,
+    /// Config file to read auth.jwt_secret from.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+/// Sets `path` (dot-separated) in `root` when `value` is present.
+fn set<T: serde::Serialize>(root: &mut Value, path: &str, value: Option<T>) {
+    let Some(v) = value else { return };
+    let mut cur = root;
+    let mut parts = path.split('.').peekable();
+    while let Some(p) = parts.next() {
+        if parts.peek().is_none() {
+            cur[p] = json!(v);
+        } else {
+            if cur.get(p).is_none() {
+                cur[p] = json!({});
+            }
+            cur = &mut cur[p];
+        }
+    }
+}
+
+impl ServeArgs {
+    fn overrides(self) -> Value {
+        let mut o = json!({});
+        set(&mut o, "listen", self.listen);
+        set(&mut o, "ws_path", self.ws_path);
+        set(&mut o, "admin_listen", self.admin_listen);
+        set(&mut o, "shards", self.shards);
+        set(&mut o, "pin_cpus", self.pin_cpus.then_some(true));
+        set(&mut o, "drain_timeout_ms", self.drain_timeout_ms);
+        set(&mut o, "auth.jwt_secret", self.jwt_secret);
+        set(&mut o, "auth.jwt_algorithm", self.jwt_algorithm);
+        set(&mut o, "auth.jwt_public_key_file", self.jwt_public_key_file);
+        set(&mut o, "auth.api_key", self.api_key);
+        set(&mut o, "limits.max_connections", self.max_connections);
+        set(
+            &mut o,
+            "limits.max_connections_per_user",
+            self.max_connections_per_user,
+        );
+        set(&mut o, "limits.max_subscriptions", self.max_subscriptions);
+        set(&mut o, "limits.max_frame_bytes", self.max_frame_bytes);
+        set(&mut o, "limits.queue_bytes", self.queue_bytes);
+        set(
+            &mut o,
+            "limits.client_frames_per_sec",
+            self.client_frames_per_sec,
+        );
+        set(
+            &mut o,
+            "limits.client_frames_burst",
+            self.client_frames_burst,
+        );
+        set(
+            &mut o,
+            "limits.handshake_timeout_ms",
+            self.handshake_timeout_ms,
+        );
+        set(&mut o, "session.heartbeat_ms", self.heartbeat_ms);
+        set(&mut o, "history.size", self.history_size);
+        set(&mut o, "history.ttl_secs", self.history_ttl_secs);
+        o
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            let file = args.config.clone();
+            let config = Config::load(file.as_deref(), (*args).overrides())?;
+            gateway::server::serve(config)
+        }
+        Command::Token(args) => {
+            let secret = match args.secret {
+                Some(s) => s,
+                None => Config::load(args.config.as_deref(), json!({}))?
+                    .auth
+                    .jwt_secret
+                    .unwrap_or_else(|| DEV_JWT_SECRET.to_string()),
+            };
+            let exp = gateway::message::now_ms() / 1000 + args.ttl;
+            let claims = Claims {
+                sub: args.sub,
+                exp,
+                nbf: None,
+                channels: (!args.channels.is_empty()).then_some(args.channels),
+                publish: (!args.publish.is_empty()).then_some(args.publish),
+            };
+            let token = mint_hs256(&secret, &claims).context("minting token")?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! What flows through the router: a publish request, the sequenced message (serialized once, shared
+//! across shards), and the WebSocket frame (framed once per shard, shared by every recipient there).
+
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// A message to publish, from any source (HTTP, client frame; later Kafka).
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub channel: String,
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub priority: u8,
+    pub data: Value,
+    /// The publishing user, for client publishes.
+    pub from: Option<String>,
+    /// When the gateway accepted it: the start of the delivery-latency measurement.
+    pub born: Instant,
+}
+
+/// A sequenced message. Immutable and shared (`Arc`) between the owner shard's history and every
+/// shard that delivers it.
+#[derive(Debug)]
+pub struct Msg {
+    pub channel: Arc<str>,
+    pub seq: u64,
+    pub pos: String,
+    pub priority: u8,
+    /// Kept parsed for subscription filters.
+    pub data: Value,
+    /// The whole `{"type":"message",...}` text, serialized once.
+    pub text: Box<str>,
+    pub born: Instant,
+    pub accepted: Instant,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl Msg {
+    pub fn new(p: Publish, channel: Arc<str>, seq: u64, pos: String) -> Msg {
+        let mut m = Map::new();
+        m.insert("type".into(), "message".into());
+        m.insert("channel".into(), Value::String(channel.to_string()));
+        m.insert(
+            "id".into(),
+            Value::String(p.id.unwrap_or_else(|| pos.clone())),
+        );
+        if let Some(e) = p.event {
+            m.insert("event".into(), Value::String(e));
+        }
+        m.insert("data".into(), p.data.clone());
+        m.insert("priority".into(), p.priority.into());
+        m.insert("ts".into(), now_ms().into());
+        m.insert("pos".into(), Value::String(pos.clone()));
+        if let Some(from) = p.from {
+            m.insert("from".into(), Value::String(from));
+        }
+        let text = Value::Object(m).to_string().into_boxed_str();
+        Msg {
+            channel,
+            seq,
+            pos,
+            priority: p.priority,
+            data: p.data,
+            text,
+            born: p.born,
+            accepted: Instant::now(),
+        }
+    }
+}
+
+/// Bytes ready for the socket: a complete server frame (unmasked, so the same for every recipient).
+#[derive(Debug)]
+pub struct Frame {
+    pub bytes: Box<[u8]>,
+    pub priority: u8,
+    /// When the message entered the gateway (live messages), for the delivery-latency histogram.
+    pub born: Option<Instant>,
+    /// A channel message (counted as delivered), rather than a reply or control frame.
+    pub message: bool,
+}
+
+impl Frame {
+    /// A channel message; `born` is None for replayed history.
+    pub fn message(text: &str, priority: u8, born: Option<Instant>) -> Frame {
+        Frame {
+            message: true,
+            ..Frame::encode(text, priority, born)
+        }
+    }
+
+    /// A reply or other per-connection text frame; never dropped for priority.
+    pub fn text(text: &str) -> Frame {
+        Frame::encode(text, 1, None)
+    }
+
+    fn encode(text: &str, priority: u8, born: Option<Instant>) -> Frame {
+        let header = FrameHeader {
+            opcode: OpCode::Data(Data::Text),
+            ..FrameHeader::default()
+        };
+        let len = text.len() as u64;
+        let mut out = Vec::with_capacity(header.len(len) + text.len());
+        // Writing into a Vec cannot fail.
+        let _ = header.format(len, &mut out);
+        out.extend_from_slice(text.as_bytes());
+        Frame {
+            bytes: out.into_boxed_slice(),
+            priority,
+            born,
+            message: false,
+        }
+    }
+
+    /// Already framed bytes (control frames produced by tungstenite).
+    pub fn raw(bytes: Vec<u8>) -> Frame {
+        Frame {
+            bytes: bytes.into_boxed_slice(),
+            priority: 1,
+            born: None,
+            message: false,
+        }
+    }
+
+    /// A close frame with a code and reason.
+    pub fn close(code: u16, reason: &str) -> Frame {
+        use tungstenite::protocol::frame::{CloseFrame, Frame as WsFrame};
+        let mut out = Vec::with_capacity(4 + reason.len());
+        let frame = WsFrame::close(Some(CloseFrame {
+            code: code.into(),
+            reason: reason.into(),
+        }));
+        let _ = frame.format(&mut out);
+        Frame::raw(out)
+    }
+
+    pub fn ping() -> Frame {
+        Frame::raw(vec![0x89, 0x00])
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_parse_back() {
+        for n in [0usize, 5, 125, 126, 65535, 65536] {
+            let text = "x".repeat(n);
+            let f = Frame::message(&text, 3, None);
+            let mut cur = std::io::Cursor::new(&f.bytes[..]);
+            let (h, len) = FrameHeader::parse(&mut cur).unwrap().unwrap();
+            assert_eq!(len as usize, n);
+            assert!(h.is_final && h.mask.is_none());
+            assert_eq!(f.len() - cur.position() as usize, n);
+        }
+        let c = Frame::close(1013, "slow");
+        assert_eq!(&c.bytes[..4], &[0x88, 6, 0x03, 0xf5]);
+    }
+}

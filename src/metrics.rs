@@ -1,0 +1,245 @@
+//! Prometheus metrics (prometheus-client). Every shard gets its own handles at start-up, so the hot
+//! path touches only atomics on its own cache lines: no registry look-up, no lock.
+
+use crate::auth::AuthError;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// Upper bounds in seconds of the delivery-latency buckets (50 us .. 5 s).
+const LATENCY_BOUNDS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
+];
+
+/// A histogram written with relaxed atomic adds by one shard and read at scrape time; the
+/// crate's own histogram takes a lock per observation.
+#[derive(Clone, Debug, Default)]
+pub struct AtomicHistogram {
+    inner: Arc<HistInner>,
+}
+
+#[derive(Debug)]
+struct HistInner {
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Default for HistInner {
+    fn default() -> Self {
+        HistInner {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl AtomicHistogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let idx = LATENCY_BOUNDS.partition_point(|b| *b < secs);
+        self.inner.buckets[idx].fetch_add(1, Ordering::Relaxed);
+        self.inner.count.fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+            .iter()
+            .zip(self.inner.buckets.iter())
+            .map(|(b, c)| (*b, c.load(Ordering::Relaxed)))
+            .collect();
+        let overflow = self.inner.buckets[LATENCY_BOUNDS.len()].load(Ordering::Relaxed);
+        buckets.push((f64::MAX, overflow));
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        let sum = self.inner.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// One shard's handles. Counters and gauges share their atomics with the registry.
+#[derive(Clone, Debug)]
+pub struct ShardMetrics {
+    pub connections: Gauge,
+    pub subscriptions: Gauge,
+    pub channels: Gauge,
+    pub queue_bytes: Gauge,
+    pub messages_in: Counter,
+    pub delivered: Counter,
+    pub dropped_low_priority: Counter,
+    pub slow_consumer_closes: Counter,
+    pub rate_limited: Counter,
+    pub mesh_drops: Counter,
+    pub handshake_failures: Counter,
+    pub delivery_latency: AtomicHistogram,
+    pub auth_failures: Vec<Counter>,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub shards: Vec<ShardMetrics>,
+}
+
+impl Metrics {
+    pub fn new(shards: usize) -> Metrics {
+        let mut registry = Registry::with_prefix("gateway");
+        macro_rules! family {
+            ($name:literal, $help:literal, $t:ty) => {{
+                let f = Family::<ShardLabel, $t>::default();
+                registry.register($name, $help, f.clone());
+                f
+            }};
+        }
+        let connections = family!("connections", "Open WebSocket connections", Gauge);
+        let subscriptions = family!(
+            "subscriptions",
+            "Channel subscriptions held by connections",
+            Gauge
+        );
+        let channels = family!("channels", "Channels with members on the shard", Gauge);
+        let queue_bytes = family!(
+            "queue_bytes",
+            "Bytes queued for connections on the shard",
+            Gauge
+        );
+        let messages_in = family!(
+            "messages_in",
+            "Messages published and sequenced by the shard that owns the channel",
+            Counter
+        );
+        let delivered = family!(
+            "messages_delivered",
+            "Messages written to client sockets",
+            Counter
+        );
+        let dropped = family!(
+            "messages_dropped_low_priority",
+            "Priority-4 messages dropped because a connection queue was full",
+            Counter
+        );
+        let slow = family!(
+            "slow_consumer_closes",
+            "Connections closed with 1013 because their queue overflowed",
+            Counter
+        );
+        let rate_limited = family!(
+            "client_frames_rate_limited",
+            "Client frames refused by the per-connection rate limit",
+            Counter
+        );
+        let mesh_drops = family!(
+            "mesh_drops",
+            "Cross-shard messages dropped because a shard's mesh queue was full",
+            Counter
+        );
+        let handshake_failures = family!(
+            "handshake_failures",
+            "Upgrade requests refused before authentication (bad request, timeout, limits)",
+            Counter
+        );
+        let latency = Family::<ShardLabel, AtomicHistogram>::default();
+        registry.register(
+            "delivery_latency_seconds",
+            "From message accepted by the gateway to written to the client socket",
+            latency.clone(),
+        );
+        let auth = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Upgrade requests refused with 401, by reason",
+            auth.clone(),
+        );
+
+        let shards = (0..shards as u32)
+            .map(|shard| {
+                let l = ShardLabel { shard };
+                ShardMetrics {
+                    connections: connections.get_or_create(&l).clone(),
+                    subscriptions: subscriptions.get_or_create(&l).clone(),
+                    channels: channels.get_or_create(&l).clone(),
+                    queue_bytes: queue_bytes.get_or_create(&l).clone(),
+                    messages_in: messages_in.get_or_create(&l).clone(),
+                    delivered: delivered.get_or_create(&l).clone(),
+                    dropped_low_priority: dropped.get_or_create(&l).clone(),
+                    slow_consumer_closes: slow.get_or_create(&l).clone(),
+                    rate_limited: rate_limited.get_or_create(&l).clone(),
+                    mesh_drops: mesh_drops.get_or_create(&l).clone(),
+                    handshake_failures: handshake_failures.get_or_create(&l).clone(),
+                    delivery_latency: latency.get_or_create(&l).clone(),
+                    auth_failures: AuthError::ALL
+                        .iter()
+                        .map(|e| {
+                            auth.get_or_create(&AuthLabels {
+                                shard,
+                                reason: e.reason(),
+                            })
+                            .clone()
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Metrics { registry, shards }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    pub shard: u32,
+    pub reason: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_encodes_cumulative_buckets() {
+        let m = Metrics::new(1);
+        m.shards[0]
+            .delivery_latency
+            .observe(Duration::from_micros(80));
+        m.shards[0].delivery_latency.observe(Duration::from_secs(9));
+        m.shards[0].auth_failures[AuthError::Expired.index()].inc();
+        let text = m.encode();
+        assert!(text.contains("gateway_delivery_latency_seconds_count{shard=\"0\"} 2"));
+        assert!(text.contains("le=\"0.0001\",shard=\"0\"} 1"), "{text}");
+        assert!(text.contains("reason=\"token_expired\""));
+    }
+}
