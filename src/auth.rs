@@ -139,9 +139,17 @@ fn classify(kind: &ErrorKind) -> AuthError {
         ErrorKind::ImmatureSignature => AuthError::NotYetValid,
         ErrorKind::MissingRequiredClaim(c) if c == "exp" => AuthError::MissingExp,
         ErrorKind::MissingRequiredClaim(c) if c == "sub" => AuthError::MissingSub,
-        // The claims failed to deserialize: most often a missing or empty `sub`.
-        ErrorKind::Json(e) if e.to_string().contains("sub") => AuthError::MissingSub,
-        ErrorKind::Json(e) if e.to_string().contains("exp") => AuthError::MissingExp,
+        // The claims failed to deserialize: a missing or empty `sub` is the common case.
+        ErrorKind::Json(e) => {
+            let m = e.to_string();
+            if m.contains("missing field `sub`") || m.contains("sub must be") {
+                AuthError::MissingSub
+            } else if m.contains("missing field `exp`") {
+                AuthError::MissingExp
+            } else {
+                AuthError::Malformed
+            }
+        }
         _ => AuthError::Malformed,
     }
 }
@@ -245,5 +253,26 @@ mod tests {
         assert_eq!(v.verify(&wrong).unwrap_err(), AuthError::BadSignature);
         assert_eq!(v.verify("").unwrap_err(), AuthError::Missing);
         assert_eq!(v.verify("a.b.c").unwrap_err(), AuthError::Malformed);
+        // `alg: none` with no signature.
+        let b64 = |s: &str| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+        };
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(&format!(r#"{{"sub":"42","exp":{}}}"#, now() + 60))
+        );
+        let err = v.verify(&none).unwrap_err();
+        assert!(
+            matches!(err, AuthError::Malformed | AuthError::Algorithm),
+            "{err:?}"
+        );
+        let no_sub = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"HS256","typ":"JWT"}"#),
+            b64(&format!(r#"{{"exp":{}}}"#, now() + 60))
+        );
+        assert_ne!(v.verify(&no_sub).unwrap_err(), AuthError::MissingExp);
     }
 }

@@ -264,6 +264,17 @@ mod tests {
     }
 
     #[test]
+    fn example_file_matches_the_defaults() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/gateway.example.toml");
+        let cfg = Config::load(Some(&file), serde_json::json!({})).unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            serde_json::to_value(&cfg).unwrap(),
+            serde_json::to_value(&defaults).unwrap()
+        );
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         let dir = std::env::temp_dir().join(format!("gw-cfg-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
