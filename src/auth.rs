@@ -52,10 +52,10 @@ impl AuthError {
     }
 }
 
-/// Claims the gateway reads. `sub` may be a JSON string or number.
+/// Claims the gateway reads. `sub` must be a non-empty string (RFC 7519 StringOrURI).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
-    #[serde(deserialize_with = "string_or_number")]
+    #[serde(deserialize_with = "non_empty")]
     pub sub: String,
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,14 +66,12 @@ pub struct Claims {
     pub publish: Option<Vec<String>>,
 }
 
-fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    match serde_json::Value::deserialize(d)? {
-        serde_json::Value::String(s) if !s.is_empty() => Ok(s),
-        serde_json::Value::Number(n) => Ok(n.to_string()),
-        _ => Err(serde::de::Error::custom(
-            "sub must be a non-empty string or a number",
-        )),
+fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Err(serde::de::Error::custom("sub must be a non-empty string"));
     }
+    Ok(s)
 }
 
 /// Verifies tokens with one configured key and algorithm.

@@ -33,6 +33,9 @@ pub struct ConnHandle {
     queue: RefCell<OutQueue>,
     waker: Cell<Option<Waker>>,
     close: Cell<Option<CloseReason>>,
+    /// The welcome, held back (and the queue with it) until the automatic channels are live, so that
+    /// it is the first frame and anything published after it reaches the client.
+    welcome: RefCell<Option<(String, u8)>>,
     metrics: ShardMetrics,
 }
 
@@ -43,6 +46,7 @@ impl ConnHandle {
             queue: RefCell::new(OutQueue::new(queue_bytes)),
             waker: Cell::new(None),
             close: Cell::new(None),
+            welcome: RefCell::new(None),
             metrics,
         }
     }
@@ -75,6 +79,33 @@ impl ConnHandle {
                 self.request_close(CLOSE_SLOW);
             }
         }
+    }
+
+    /// Holds the queue until `channels` automatic channels are live, then sends `welcome` first.
+    pub fn hold_for_welcome(&self, welcome: String, channels: u8) {
+        *self.welcome.borrow_mut() = Some((welcome, channels));
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.welcome.borrow().is_some()
+    }
+
+    /// One automatic channel went live; after the last, the welcome goes out ahead of the rest.
+    pub fn automatic_channel_live(&self) {
+        let mut w = self.welcome.borrow_mut();
+        let Some((text, left)) = w.as_mut() else {
+            return;
+        };
+        *left -= 1;
+        if *left > 0 {
+            return;
+        }
+        let frame = Rc::new(Frame::text(text));
+        *w = None;
+        drop(w);
+        self.metrics.queue_bytes.inc_by(frame.len() as i64);
+        self.queue.borrow_mut().push_front(frame);
+        self.wake();
     }
 
     /// Asks the session to close with `reason` (the first request wins).

@@ -32,10 +32,17 @@ pub enum MeshMsg {
     },
     /// From the owner to a shard with members of the channel.
     Deliver(Arc<Msg>),
-    /// The sender has its first member of `channel`.
+    /// The sender has its first member of `channel`: forward it the channel's messages. Sent to
+    /// every other shard, each of which answers `JoinAck` with the same generation.
     Join {
         channel: Arc<str>,
         from: usize,
+        gen: u64,
+    },
+    JoinAck {
+        channel: Arc<str>,
+        from: usize,
+        gen: u64,
     },
     /// The sender's last member of `channel` left.
     Leave {
@@ -49,11 +56,11 @@ pub enum MeshMsg {
         from: usize,
         conn: u64,
     },
+    /// `msgs` is None when the history does not reach back to `since`.
     Recovered {
         channel: Arc<str>,
         conn: u64,
-        recovered: bool,
-        msgs: Vec<Arc<Msg>>,
+        msgs: Option<Vec<Arc<Msg>>>,
     },
     /// The owner's answer to a client publish.
     Acked {
@@ -68,6 +75,7 @@ pub enum MeshMsg {
         ticket: u64,
     },
     UserAcquired {
+        user: Arc<str>,
         ticket: u64,
         ok: bool,
     },

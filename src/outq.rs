@@ -74,6 +74,13 @@ impl OutQueue {
         self.frames.push_back(f);
     }
 
+    /// Puts a frame ahead of everything queued; only before anything has been written.
+    pub fn push_front(&mut self, f: Rc<Frame>) {
+        debug_assert_eq!(self.head_off, 0);
+        self.bytes += f.len();
+        self.frames.push_front(f);
+    }
+
     /// Removes every queued priority-4 frame except a partly written front one.
     fn drop_low_priority(&mut self) -> u64 {
         let keep_front = self.head_off > 0;

@@ -1,9 +1,13 @@
-//! The shard router: which connections of this shard are in which channel, and, for the channels
-//! this shard owns, their sequence, history and which other shards have members.
+//! The shard router: which connections of this shard are in which channel, which other shards have
+//! members of which channel, and, for the channels this shard owns, their sequence and history.
 //!
-//! Each channel has one owner shard (a hash of its name). Every message of a channel is sequenced
-//! by its owner, which delivers it to its own members and forwards one `Arc` of it over the mesh to
-//! the shards that have members; each of those frames it once and queues that frame on its members.
+//! Each channel has one owner shard (a hash of its name) that sequences its messages, delivers them
+//! to its own members and forwards one `Arc` of each over the mesh to the shards that have members;
+//! each of those frames it once and queues that frame on its members.
+//!
+//! Membership is announced to every shard: a shard that gets its first member of a channel sends
+//! `Join` to all peers, and its members go live (get their `ok`) once every peer has acknowledged, so
+//! a message published after a client's `ok` always reaches it.
 
 use crate::conn::ConnHandle;
 use crate::history::Owned;
@@ -11,7 +15,7 @@ use crate::mesh::{ConnAck, MeshMsg, Peers};
 use crate::message::{Frame, Msg, Publish};
 use crate::metrics::ShardMetrics;
 use crate::protocol::{self, Filter, Refusal};
-use futures_channel::oneshot;
+use crate::users::Users;
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -22,6 +26,8 @@ use std::time::{Duration, Instant};
 pub const BROADCAST: &str = "broadcast";
 /// Shards are tracked in a 64-bit set per channel.
 pub const MAX_SHARDS: usize = 64;
+/// Live messages kept for a `since` member while the owner's history is on its way.
+const WAITING_BUFFER: usize = 10_000;
 
 /// The shard that owns a channel or a user: FNV-1a of the name, the same on every shard.
 pub fn owner_of(name: &str, shards: usize) -> usize {
@@ -44,45 +50,61 @@ pub fn parse_pos(pos: &str) -> Option<(u64, u64)> {
     Some((u64::from_str_radix(e, 16).ok()?, s.parse().ok()?))
 }
 
+/// What a member is told when it goes live.
+pub enum Ack {
+    /// Nothing (the session reports readiness its own way).
+    Silent,
+    /// A `reply` with this request id.
+    Reply(Value),
+    /// One of the connection's automatic channels: the welcome goes out when all are live.
+    Automatic,
+}
+
 struct Member {
     conn: Rc<ConnHandle>,
     filter: Option<Rc<Filter>>,
 }
 
-struct Pending {
+/// A member waiting for the peers' join acknowledgements and, with `since`, for the history.
+struct Waiting {
     member: Member,
-    id: Value,
+    ack: Ack,
+    since: Option<SinceState>,
+}
+
+struct SinceState {
+    seq: u64,
+    /// The owner's answer: Some(None) = not recoverable. None = not yet answered (remote owner).
+    answer: Option<Option<Vec<Arc<Msg>>>>,
+    /// Live messages that arrived while waiting. Those sequenced before the owner answered are in
+    /// the answer; the rest (a higher `seq` than anything in it) are replayed after it.
+    buffered: Vec<Arc<Msg>>,
+    overflow: bool,
+}
+
+impl SinceState {
+    fn new(seq: u64, answer: Option<Option<Vec<Arc<Msg>>>>) -> SinceState {
+        SinceState {
+            seq,
+            answer,
+            buffered: Vec::new(),
+            overflow: false,
+        }
+    }
 }
 
 #[derive(Default)]
 struct LocalChannel {
     members: HashMap<u64, Member>,
-    /// `since` subscriptions waiting for the owner's history; they join `members` when it comes.
-    pending: HashMap<u64, Pending>,
+    waiting: HashMap<u64, Waiting>,
+    gen: u64,
+    acks_missing: usize,
 }
 
 impl LocalChannel {
     fn count(&self) -> usize {
-        self.members.len() + self.pending.len()
+        self.members.len() + self.waiting.len()
     }
-}
-
-pub struct Router {
-    pub shard: usize,
-    pub shards: usize,
-    pub epoch: u64,
-    peers: Peers,
-    local: RefCell<HashMap<Arc<str>, LocalChannel>>,
-    owned: RefCell<HashMap<Arc<str>, Owned>>,
-    seq: Cell<u64>,
-    history_size: usize,
-    history_ttl: Duration,
-    conns: RefCell<HashMap<u64, Rc<ConnHandle>>>,
-    users: RefCell<HashMap<Arc<str>, usize>>,
-    user_limit: usize,
-    user_waiters: RefCell<HashMap<u64, oneshot::Sender<bool>>>,
-    next_ticket: Cell<u64>,
-    metrics: ShardMetrics,
 }
 
 pub struct RouterConfig {
@@ -94,6 +116,24 @@ pub struct RouterConfig {
     pub user_limit: usize,
 }
 
+pub struct Router {
+    pub shard: usize,
+    pub shards: usize,
+    pub epoch: u64,
+    peers: Peers,
+    local: RefCell<HashMap<Arc<str>, LocalChannel>>,
+    /// Channel -> the other shards that have members of it.
+    interest: RefCell<HashMap<Arc<str>, u64>>,
+    owned: RefCell<HashMap<Arc<str>, Owned>>,
+    seq: Cell<u64>,
+    next_gen: Cell<u64>,
+    history_size: usize,
+    history_ttl: Duration,
+    conns: RefCell<HashMap<u64, Rc<ConnHandle>>>,
+    pub users: Users,
+    metrics: ShardMetrics,
+}
+
 impl Router {
     pub fn new(cfg: RouterConfig, peers: Peers, metrics: ShardMetrics) -> Router {
         Router {
@@ -102,15 +142,14 @@ impl Router {
             epoch: cfg.epoch,
             peers,
             local: RefCell::default(),
+            interest: RefCell::default(),
             owned: RefCell::default(),
             seq: Cell::new(0),
+            next_gen: Cell::new(0),
             history_size: cfg.history_size,
             history_ttl: cfg.history_ttl,
             conns: RefCell::default(),
-            users: RefCell::default(),
-            user_limit: cfg.user_limit,
-            user_waiters: RefCell::default(),
-            next_ticket: Cell::new(0),
+            users: Users::new(cfg.shard, cfg.shards, cfg.user_limit),
             metrics,
         }
     }
@@ -138,6 +177,14 @@ impl Router {
         self.conns.borrow().len()
     }
 
+    pub async fn acquire_user(&self, user: Arc<str>) -> bool {
+        self.users.acquire(&self.peers, user).await
+    }
+
+    pub fn release_user(&self, user: Arc<str>) {
+        self.users.release(&self.peers, user);
+    }
+
     // ---- publishing ----
 
     /// A publish from a client of this shard; the reply goes back to it once sequenced.
@@ -148,16 +195,12 @@ impl Router {
             if let Some(a) = ack {
                 self.ack(a, Ok(msg.pos.clone()));
             }
-        } else {
-            let id = ack.as_ref().map(|a| (a.conn, a.id.clone()));
-            let sent = self.peers.send(
-                owner,
-                MeshMsg::Publish {
-                    publish: Box::new(p),
-                    ack,
-                },
-            );
-            if let (false, Some((conn, id))) = (sent, id) {
+            return;
+        }
+        let id = ack.as_ref().map(|a| (a.conn, a.id.clone()));
+        let publish = Box::new(p);
+        if !self.peers.send(owner, MeshMsg::Publish { publish, ack }) {
+            if let Some((conn, id)) = id {
                 let busy = Refusal::new(protocol::ErrorCode::Internal, "gateway busy, retry");
                 self.reply(conn, &protocol::reply_err(&id, &busy));
             }
@@ -170,35 +213,52 @@ impl Router {
         let seq = self.seq.get() + 1;
         self.seq.set(seq);
         let mut owned = self.owned.borrow_mut();
-        let (channel, state) = match owned.get_key_value(p.channel.as_str()) {
-            Some((k, _)) => {
-                let k = k.clone();
-                let st = owned.get_mut(&k).expect("key just found");
-                (k, st)
-            }
+        let channel = match owned.get_key_value(p.channel.as_str()) {
+            Some((k, _)) => k.clone(),
             None => {
                 let k: Arc<str> = Arc::from(p.channel.as_str());
-                (k.clone(), owned.entry(k).or_insert(Owned::new(seq - 1)))
+                owned.insert(k.clone(), Owned::new(seq - 1));
+                k
             }
         };
-        let msg = Arc::new(Msg::new(p, channel, seq, format_pos(self.epoch, seq)));
-        state.push(msg.clone(), self.history_size);
-        let interest = state.interest;
+        let msg = Arc::new(Msg::new(
+            p,
+            channel.clone(),
+            seq,
+            format_pos(self.epoch, seq),
+        ));
+        if let Some(state) = owned.get_mut(&channel) {
+            state.push(msg.clone(), self.history_size);
+        }
         drop(owned);
         self.metrics.messages_in.inc();
-        self.deliver_local(&msg);
-        for peer in 0..self.shards {
-            if peer != self.shard && interest & (1 << peer) != 0 {
-                self.peers.send(peer, MeshMsg::Deliver(msg.clone()));
-            }
-        }
+        self.fan_out(&msg);
         msg
     }
 
-    /// Frames `msg` once and queues it on every member of this shard that its filter lets through.
-    pub fn deliver_local(&self, msg: &Msg) {
-        let local = self.local.borrow();
-        let Some(ch) = local.get(&*msg.channel) else {
+    /// Delivers to this shard's members and forwards to every shard with members.
+    fn fan_out(&self, msg: &Arc<Msg>) {
+        self.deliver_local(msg);
+        let interest = self
+            .interest
+            .borrow()
+            .get(&msg.channel)
+            .copied()
+            .unwrap_or(0);
+        if interest == 0 {
+            return;
+        }
+        for peer in 0..self.shards {
+            if interest & (1 << peer) != 0 {
+                self.peers.send(peer, MeshMsg::Deliver(msg.clone()));
+            }
+        }
+    }
+
+    /// Frames `msg` once and queues it on every live member its filter lets through.
+    pub fn deliver_local(&self, msg: &Arc<Msg>) {
+        let mut local = self.local.borrow_mut();
+        let Some(ch) = local.get_mut(&*msg.channel) else {
             return;
         };
         let mut frame: Option<Rc<Frame>> = None;
@@ -211,20 +271,24 @@ impl Router {
             });
             m.conn.send(f);
         }
+        for w in ch.waiting.values_mut() {
+            if let Some(s) = w.since.as_mut() {
+                if s.buffered.len() < WAITING_BUFFER {
+                    s.buffered.push(msg.clone());
+                } else {
+                    s.overflow = true;
+                }
+            }
+        }
     }
 
     fn ack(&self, a: ConnAck, result: Result<String, Refusal>) {
         if a.shard == self.shard {
             self.send_ack(a.conn, &a.id, &result);
         } else {
-            self.peers.send(
-                a.shard,
-                MeshMsg::Acked {
-                    conn: a.conn,
-                    id: a.id,
-                    result,
-                },
-            );
+            let (conn, id) = (a.conn, a.id);
+            self.peers
+                .send(a.shard, MeshMsg::Acked { conn, id, result });
         }
     }
 
@@ -238,66 +302,50 @@ impl Router {
 
     fn reply(&self, conn: u64, text: &str) {
         if let Some(c) = self.conns.borrow().get(&conn) {
-            c.send(&Rc::new(Frame::text(text)));
+            send_text(c, text);
         }
     }
 
     // ---- subscriptions ----
 
-    /// Adds `conn` to `channel` and sends the reply. With `since`, the reply says whether the
-    /// history reached back that far and is followed by the messages after `since`.
+    /// Adds `conn` to `channel`. The member goes live, and `ack` is sent, once every shard forwards
+    /// the channel to this one; with `since`, after the messages it missed.
     pub fn subscribe(
         &self,
         conn: &Rc<ConnHandle>,
         channel: &str,
         filter: Option<Filter>,
         since: Option<(u64, u64)>,
-        id: Option<Value>,
+        ack: Ack,
     ) {
         let member = Member {
             conn: conn.clone(),
             filter: filter.map(Rc::new),
         };
-        let key = self.local_key(channel);
-        let seq = match since {
-            None => {
-                self.insert(&key, member, None);
-                if let Some(id) = id {
-                    send_text(conn, &protocol::reply_ok(&id, None));
-                }
-                return;
-            }
+        let since = match since {
+            None => None,
             // A position from another epoch (before a restart) cannot be recovered here.
-            Some((epoch, _)) if epoch != self.epoch => {
-                self.insert(&key, member, None);
-                let id = id.unwrap_or_default();
-                send_text(
-                    conn,
-                    &protocol::reply_ok(&id, Some(("recovered", false.into()))),
-                );
-                return;
-            }
-            Some((_, seq)) => seq,
+            Some((epoch, _)) if epoch != self.epoch => Some(SinceState::new(0, Some(None))),
+            Some((_, seq)) => Some(SinceState::new(seq, None)),
         };
-        let id = id.unwrap_or_default();
-        let owner = self.owner(channel);
-        if owner == self.shard {
-            let found = self.history_after(channel, seq);
-            send_recovery(&member, &id, found);
-            self.insert(&key, member, None);
-            return;
-        }
-        // Live messages reaching this shard before the owner's answer are covered by that answer.
-        self.insert(&key, member, Some(id));
-        self.peers.send(
-            owner,
-            MeshMsg::Recover {
-                channel: key,
+        let key = self.local_key(channel);
+        let ask_owner =
+            since.as_ref().is_some_and(|s| s.answer.is_none()) && self.owner(channel) != self.shard;
+        let seq = since.as_ref().map(|s| s.seq).unwrap_or_default();
+        self.insert(&key, Waiting { member, ack, since });
+        if ask_owner {
+            // After our Join (if any) on the same FIFO pair: the answer follows the owner's ack.
+            let msg = MeshMsg::Recover {
+                channel: key.clone(),
                 since: seq,
                 from: self.shard,
                 conn: conn.id,
-            },
-        );
+            };
+            if !self.peers.send(self.owner(channel), msg) {
+                self.recovered(&key, conn.id, None);
+            }
+        }
+        self.activate_ready(&key);
     }
 
     fn local_key(&self, channel: &str) -> Arc<str> {
@@ -307,36 +355,92 @@ impl Router {
         }
     }
 
-    /// Adds a member (or a pending `since` member when `pending_id` is set); the first member of
-    /// a channel on this shard tells the owner to forward it.
-    fn insert(&self, key: &Arc<str>, member: Member, pending_id: Option<Value>) {
-        let first = {
+    /// Adds a waiting member; the first member of a channel on this shard announces it to all.
+    fn insert(&self, key: &Arc<str>, w: Waiting) {
+        let mut local = self.local.borrow_mut();
+        let ch = local.entry(key.clone()).or_default();
+        let first = ch.count() == 0;
+        let conn = w.member.conn.id;
+        let replaced = ch.members.remove(&conn).is_some() | ch.waiting.insert(conn, w).is_some();
+        if !replaced {
+            self.metrics.subscriptions.inc();
+        }
+        if !first {
+            return;
+        }
+        self.metrics.channels.inc();
+        let gen = self.next_gen.get() + 1;
+        self.next_gen.set(gen);
+        ch.gen = gen;
+        ch.acks_missing = 0;
+        for peer in (0..self.shards).filter(|p| *p != self.shard) {
+            let channel = key.clone();
+            let from = self.shard;
+            if self.peers.send(peer, MeshMsg::Join { channel, from, gen }) {
+                ch.acks_missing += 1;
+            }
+        }
+    }
+
+    /// Moves every waiting member that has all it needs into live delivery.
+    fn activate_ready(&self, key: &Arc<str>) {
+        let ready: Vec<Waiting> = {
             let mut local = self.local.borrow_mut();
-            let ch = local.entry(key.clone()).or_default();
-            let first = ch.count() == 0;
-            let conn = member.conn.id;
-            let replaced = match pending_id {
-                Some(id) => ch.pending.insert(conn, Pending { member, id }).is_some(),
-                None => ch.members.insert(conn, member).is_some(),
+            let Some(ch) = local.get_mut(key) else {
+                return;
             };
-            if !replaced {
-                self.metrics.subscriptions.inc();
+            if ch.acks_missing > 0 {
+                return;
             }
-            first
+            let ids: Vec<u64> = ch
+                .waiting
+                .iter()
+                .filter(|(_, w)| self.is_ready(key, w))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| ch.waiting.remove(id)).collect()
         };
-        if first {
-            self.metrics.channels.inc();
-            let owner = self.owner(key);
-            if owner != self.shard {
-                let channel = key.clone();
-                self.peers.send(
-                    owner,
-                    MeshMsg::Join {
-                        channel,
-                        from: self.shard,
-                    },
-                );
+        for mut w in ready {
+            if let Some(s) = w.since.as_mut() {
+                if s.answer.is_none() {
+                    // This shard owns the channel: its history is at hand.
+                    s.answer = Some(self.history_after(key, s.seq));
+                }
             }
+            self.go_live(key, w);
+        }
+    }
+
+    fn is_ready(&self, key: &str, w: &Waiting) -> bool {
+        match &w.since {
+            None => true,
+            Some(s) => s.answer.is_some() || self.owner(key) == self.shard,
+        }
+    }
+
+    fn go_live(&self, key: &Arc<str>, w: Waiting) {
+        let conn = w.member.conn.clone();
+        let mut recovered = None;
+        if let Some(s) = w.since {
+            let answer = if s.overflow { None } else { s.answer.flatten() };
+            recovered = Some(answer.is_some());
+            send_ack(&conn, &w.ack, recovered);
+            if let Some(msgs) = answer {
+                let mut last = s.seq;
+                for msg in msgs {
+                    last = last.max(msg.seq);
+                    send_replay(&w.member, &msg);
+                }
+                for msg in s.buffered.iter().filter(|m| m.seq > last) {
+                    send_replay(&w.member, msg);
+                }
+            }
+        } else {
+            send_ack(&conn, &w.ack, recovered);
+        }
+        let mut local = self.local.borrow_mut();
+        if let Some(ch) = local.get_mut(key) {
+            ch.members.insert(conn.id, w.member);
         }
     }
 
@@ -346,26 +450,27 @@ impl Router {
         let Some(ch) = local.get_mut(channel) else {
             return false;
         };
-        let removed = ch.members.remove(&conn).is_some() || ch.pending.remove(&conn).is_some();
+        let removed = ch.members.remove(&conn).is_some() || ch.waiting.remove(&conn).is_some();
         if !removed {
             return false;
         }
         self.metrics.subscriptions.dec();
-        if ch.count() == 0 {
-            let Some((key, _)) = local.remove_entry(channel) else {
-                return true;
-            };
-            self.metrics.channels.dec();
-            let owner = self.owner(&key);
-            if owner != self.shard {
-                self.peers.send(
-                    owner,
-                    MeshMsg::Leave {
-                        channel: key,
-                        from: self.shard,
-                    },
-                );
-            }
+        if ch.count() > 0 {
+            return true;
+        }
+        let Some((key, _)) = local.remove_entry(channel) else {
+            return true;
+        };
+        self.metrics.channels.dec();
+        for peer in (0..self.shards).filter(|p| *p != self.shard) {
+            let channel = key.clone();
+            self.peers.send(
+                peer,
+                MeshMsg::Leave {
+                    channel,
+                    from: self.shard,
+                },
+            );
         }
         true
     }
@@ -383,18 +488,23 @@ impl Router {
         }
     }
 
-    /// The owner's history arrived for a pending `since` member: reply, replay, go live.
-    fn recovered(&self, channel: &str, conn: u64, found: Option<Vec<Arc<Msg>>>) {
-        let mut local = self.local.borrow_mut();
-        let Some(ch) = local.get_mut(channel) else {
-            return;
-        };
-        // Gone meanwhile (unsubscribed or disconnected): nothing to do.
-        let Some(p) = ch.pending.remove(&conn) else {
-            return;
-        };
-        send_recovery(&p.member, &p.id, found);
-        ch.members.insert(conn, p.member);
+    /// The owner's answer to a pending `since` member arrived.
+    fn recovered(&self, channel: &Arc<str>, conn: u64, msgs: Option<Vec<Arc<Msg>>>) {
+        {
+            let mut local = self.local.borrow_mut();
+            let Some(ch) = local.get_mut(channel) else {
+                return;
+            };
+            // Gone meanwhile (unsubscribed, disconnected, subscribed again): nothing to do.
+            let Some(s) = ch.waiting.get_mut(&conn).and_then(|w| w.since.as_mut()) else {
+                return;
+            };
+            if s.answer.is_some() {
+                return;
+            }
+            s.answer = Some(msgs);
+        }
+        self.activate_ready(channel);
     }
 
     // ---- mesh ----
@@ -408,17 +518,45 @@ impl Router {
                 }
             }
             MeshMsg::Deliver(msg) => self.deliver_local(&msg),
-            MeshMsg::Join { channel, from } => {
-                let seq = self.seq.get();
-                let mut owned = self.owned.borrow_mut();
-                owned
-                    .entry(channel)
-                    .or_insert_with(|| Owned::new(seq))
-                    .interest |= 1 << from;
+            MeshMsg::Join { channel, from, gen } => {
+                *self
+                    .interest
+                    .borrow_mut()
+                    .entry(channel.clone())
+                    .or_insert(0) |= 1 << from;
+                let me = self.shard;
+                self.peers.send(
+                    from,
+                    MeshMsg::JoinAck {
+                        channel,
+                        from: me,
+                        gen,
+                    },
+                );
+            }
+            MeshMsg::JoinAck { channel, gen, .. } => {
+                let done = {
+                    let mut local = self.local.borrow_mut();
+                    match local.get_mut(&channel) {
+                        // An ack for an earlier announcement of the channel is not this one's.
+                        Some(ch) if ch.gen == gen && ch.acks_missing > 0 => {
+                            ch.acks_missing -= 1;
+                            ch.acks_missing == 0
+                        }
+                        _ => false,
+                    }
+                };
+                if done {
+                    self.activate_ready(&channel);
+                }
             }
             MeshMsg::Leave { channel, from } => {
-                if let Some(o) = self.owned.borrow_mut().get_mut(&channel) {
-                    o.interest &= !(1 << from);
+                let mut interest = self.interest.borrow_mut();
+                if let Some(set) = interest.get_mut(&channel) {
+                    *set &= !(1 << from);
+                    if *set == 0 {
+                        interest.remove(&channel);
+                    }
                 }
             }
             MeshMsg::Recover {
@@ -427,89 +565,29 @@ impl Router {
                 from,
                 conn,
             } => {
-                let found = self.history_after(&channel, since);
-                let recovered = found.is_some();
-                let msgs = found.unwrap_or_default();
-                self.peers.send(
-                    from,
-                    MeshMsg::Recovered {
-                        channel,
-                        conn,
-                        recovered,
-                        msgs,
-                    },
-                );
+                let msgs = self.history_after(&channel, since);
+                let reply = MeshMsg::Recovered {
+                    channel,
+                    conn,
+                    msgs,
+                };
+                self.peers.send(from, reply);
             }
             MeshMsg::Recovered {
                 channel,
                 conn,
-                recovered,
                 msgs,
-            } => self.recovered(&channel, conn, recovered.then_some(msgs)),
+            } => self.recovered(&channel, conn, msgs),
             MeshMsg::Acked { conn, id, result } => self.send_ack(conn, &id, &result),
             MeshMsg::UserAcquire { user, from, ticket } => {
-                let ok = self.user_acquire_here(user);
-                self.peers.send(from, MeshMsg::UserAcquired { ticket, ok });
+                let ok = self.users.acquire_here(user.clone());
+                self.peers
+                    .send(from, MeshMsg::UserAcquired { user, ticket, ok });
             }
-            MeshMsg::UserAcquired { ticket, ok } => {
-                if let Some(tx) = self.user_waiters.borrow_mut().remove(&ticket) {
-                    let _ = tx.send(ok);
-                }
+            MeshMsg::UserAcquired { user, ticket, ok } => {
+                self.users.granted(&self.peers, user, ticket, ok)
             }
-            MeshMsg::UserRelease { user } => self.user_release_here(&user),
-        }
-    }
-
-    // ---- per-user connection limit, kept by the user's owner shard ----
-
-    /// Takes a connection slot for `user`; false when the user is at its limit.
-    pub async fn acquire_user(&self, user: Arc<str>) -> bool {
-        let owner = self.owner(&user);
-        if owner == self.shard {
-            return self.user_acquire_here(user);
-        }
-        let ticket = self.next_ticket.get() + 1;
-        self.next_ticket.set(ticket);
-        let (tx, rx) = oneshot::channel();
-        self.user_waiters.borrow_mut().insert(ticket, tx);
-        let from = self.shard;
-        if !self
-            .peers
-            .send(owner, MeshMsg::UserAcquire { user, from, ticket })
-        {
-            self.user_waiters.borrow_mut().remove(&ticket);
-            return false;
-        }
-        let _cleanup = WaiterGuard(self, ticket);
-        rx.await.unwrap_or(false)
-    }
-
-    pub fn release_user(&self, user: Arc<str>) {
-        let owner = self.owner(&user);
-        if owner == self.shard {
-            self.user_release_here(&user);
-        } else {
-            self.peers.send(owner, MeshMsg::UserRelease { user });
-        }
-    }
-
-    fn user_acquire_here(&self, user: Arc<str>) -> bool {
-        let mut users = self.users.borrow_mut();
-        let n = users.entry(user).or_insert(0);
-        if *n >= self.user_limit {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    fn user_release_here(&self, user: &str) {
-        let mut users = self.users.borrow_mut();
-        if let Some(n) = users.get_mut(user) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                users.remove(user);
-            }
+            MeshMsg::UserRelease { user } => self.users.release_here(&user),
         }
     }
 
@@ -520,7 +598,7 @@ impl Router {
         let now = Instant::now();
         self.owned.borrow_mut().retain(|_, o| {
             o.expire(self.history_ttl, now);
-            !o.is_idle()
+            !o.is_empty()
         });
     }
 
@@ -542,16 +620,8 @@ impl Router {
             "sequence": self.seq.get(),
             "queued_bytes": queued_bytes,
             "queued_frames": queued_frames,
-            "users_tracked": self.users.borrow().len(),
+            "users_tracked": self.users.tracked(),
         })
-    }
-}
-
-struct WaiterGuard<'a>(&'a Router, u64);
-
-impl Drop for WaiterGuard<'_> {
-    fn drop(&mut self) {
-        self.0.user_waiters.borrow_mut().remove(&self.1);
     }
 }
 
@@ -559,25 +629,27 @@ fn send_text(conn: &ConnHandle, text: &str) {
     conn.send(&Rc::new(Frame::text(text)));
 }
 
-/// The reply to a `since` subscription, then the replayed messages its filter lets through.
-fn send_recovery(member: &Member, id: &Value, found: Option<Vec<Arc<Msg>>>) {
-    let recovered = found.is_some();
-    send_text(
-        &member.conn,
-        &protocol::reply_ok(id, Some(("recovered", recovered.into()))),
-    );
-    for msg in found.unwrap_or_default() {
-        if member
-            .filter
-            .as_ref()
-            .is_some_and(|f| !f.matches(&msg.data))
-        {
-            continue;
+fn send_ack(conn: &ConnHandle, ack: &Ack, recovered: Option<bool>) {
+    match ack {
+        Ack::Silent => {}
+        Ack::Reply(id) => {
+            let extra = recovered.map(|r| ("recovered", Value::Bool(r)));
+            send_text(conn, &protocol::reply_ok(id, extra));
         }
-        member
-            .conn
-            .send(&Rc::new(Frame::message(&msg.text, msg.priority, None)));
+        Ack::Automatic => conn.automatic_channel_live(),
     }
+}
+
+fn send_replay(member: &Member, msg: &Msg) {
+    if member
+        .filter
+        .as_ref()
+        .is_some_and(|f| !f.matches(&msg.data))
+    {
+        return;
+    }
+    let frame = Frame::message(&msg.text, msg.priority, None);
+    member.conn.send(&Rc::new(frame));
 }
 
 #[cfg(test)]

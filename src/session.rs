@@ -8,7 +8,7 @@ use crate::mesh::ConnAck;
 use crate::message::{Frame, Publish};
 use crate::outq::MAX_IOV;
 use crate::protocol::{self, check_channel, ErrorCode, Filter, Refusal, Request};
-use crate::router::{parse_pos, BROADCAST};
+use crate::router::{parse_pos, Ack, BROADCAST};
 use crate::server::ConnSlot;
 use crate::shard::Shard;
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -30,6 +30,8 @@ use tungstenite::Message;
 
 /// How long a closing connection waits for its close frame to go out and the client to answer.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Tokens valid for longer than this (10 years) are treated as valid for this long.
+const MAX_TOKEN_SECS: u64 = 10 * 365 * 24 * 3600;
 /// Vectored writes per wake before yielding to other connections.
 const WRITES_PER_POLL: usize = 16;
 
@@ -161,8 +163,12 @@ pub async fn run(
         .max_frame_size(Some(cfg.limits.max_frame_bytes));
     let now = Instant::now();
     let heartbeat = cfg.heartbeat();
+    // Capped: an absurd `exp` must not overflow the clock arithmetic.
     let secs_left = claims.exp.saturating_sub(crate::message::now_ms() / 1000);
-    let expires_at = now + Duration::from_secs(secs_left + cfg.auth.leeway_secs);
+    let secs_left = secs_left
+        .saturating_add(cfg.auth.leeway_secs)
+        .min(MAX_TOKEN_SECS);
+    let expires_at = now + Duration::from_secs(secs_left);
     let limits = &cfg.limits;
     let mut s = Session {
         conn: conn.clone(),
@@ -212,10 +218,11 @@ impl Session {
             cfg.session.heartbeat_ms,
             self.claims.exp,
         );
-        self.send_text(&welcome);
+        // The welcome goes out first, once both automatic channels are live.
+        self.conn.hold_for_welcome(welcome, 2);
         let router = &self.shard.router;
-        router.subscribe(&self.conn, &self.user_channel, None, None, None);
-        router.subscribe(&self.conn, BROADCAST, None, None, None);
+        router.subscribe(&self.conn, &self.user_channel, None, None, Ack::Automatic);
+        router.subscribe(&self.conn, BROADCAST, None, None, Ack::Automatic);
     }
 
     fn finish(&mut self) {
@@ -244,9 +251,13 @@ impl Session {
             }
             match poll_fn(|cx| self.poll_event(cx)).await {
                 Event::Read(n) => {
-                    let shard = self.shard.clone();
-                    let buf = shard.scratch.borrow();
-                    self.on_bytes(&buf[..n]);
+                    {
+                        let shard = self.shard.clone();
+                        let buf = shard.scratch.borrow();
+                        self.on_bytes(&buf[..n]);
+                    }
+                    // A client that keeps its socket full must not hold the shard.
+                    glommio::yield_if_needed().await;
                 }
                 Event::Eof | Event::Failed => break,
                 Event::Timer => self.on_timer(),
@@ -293,7 +304,7 @@ impl Session {
         for _ in 0..WRITES_PER_POLL {
             let written = {
                 let q = self.conn.queue();
-                if q.is_empty() {
+                if q.is_empty() || (self.conn.is_held() && !self.close_sent) {
                     drop(q);
                     self.conn.set_waker(cx.waker());
                     return Ok(true);
@@ -556,13 +567,17 @@ impl Session {
                 )
             })?),
         };
+        let router = &self.shard.router;
         if self.is_automatic(ch) {
-            // Always subscribed; nothing to recover beyond what the connection already gets.
-            let extra = since.map(|_| ("recovered", Value::Bool(false)));
-            self.send_text(&protocol::reply_ok(&req.id, extra));
+            // Always subscribed: with `since` the membership is renewed to replay what was missed.
+            match since {
+                None => self.send_text(&protocol::reply_ok(&req.id, None)),
+                Some(_) => {
+                    router.subscribe(&self.conn, ch, None, since, Ack::Reply(req.id.clone()))
+                }
+            }
             return Ok(());
         }
-        let router = &self.shard.router;
         if self.subs.contains(ch) {
             // Subscribing again replaces the filter and runs the recovery again.
             router.unsubscribe(self.conn.id, ch);
@@ -576,7 +591,7 @@ impl Session {
             ));
         }
         self.subs.insert(ch.to_string());
-        router.subscribe(&self.conn, ch, filter, since, Some(req.id.clone()));
+        router.subscribe(&self.conn, ch, filter, since, Ack::Reply(req.id.clone()));
         Ok(())
     }
 
