@@ -36,6 +36,9 @@ pub fn spawn(node: Arc<Node>) -> Result<SocketAddr> {
         .name("admin".into())
         .spawn(move || {
             runtime.block_on(async move {
+                if node.kafka.is_some() {
+                    tokio::spawn(connect_producer(node.clone()));
+                }
                 let listener = match tokio::net::TcpListener::from_std(std_listener) {
                     Ok(l) => l,
                     Err(e) => {
@@ -60,6 +63,25 @@ pub fn spawn(node: Arc<Node>) -> Result<SocketAddr> {
         })
         .context("starting the admin thread")?;
     Ok(local)
+}
+
+/// Connects the admin's Kafka producer, retrying until the broker is there.
+async fn connect_producer(node: Arc<Node>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match crate::kafka::client::connect(&node.config.kafka).await {
+            Ok(c) => {
+                let producer = crate::kafka::client::Producer::new(Arc::new(c));
+                let _ = node.admin_producer.set(Arc::new(producer));
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "admin: Kafka unavailable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -108,14 +130,24 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Resp, std::co
     Ok(resp)
 }
 
+/// 503 only while draining: a node whose Kafka is down still serves its clients, so it stays in
+/// the load balancer and says `degraded`.
 fn health(node: &Node) -> Resp {
     if node.is_draining() {
-        json_response(
+        return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"status": "draining"}),
-        )
-    } else {
-        json_response(StatusCode::OK, &json!({"status": "ok"}))
+        );
+    }
+    match &node.kafka {
+        None => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        Some(k) if k.all_up() => {
+            json_response(StatusCode::OK, &json!({"status": "ok", "kafka": "ok"}))
+        }
+        Some(_) => json_response(
+            StatusCode::OK,
+            &json!({"status": "degraded", "kafka": "unavailable"}),
+        ),
     }
 }
 
@@ -128,6 +160,8 @@ async fn stats(node: &Node) -> Resp {
             "draining": node.is_draining(),
             "connections": node.connections(),
             "max_connections": node.max_connections,
+            "bus": if node.kafka.is_some() { "kafka" } else { "in-process" },
+            "kafka": node.kafka.as_ref().map(|k| k.to_json()),
             "shards": shards,
         }),
     )
@@ -184,6 +218,9 @@ async fn publish(node: &Node, req: Request<Incoming>) -> Resp {
         Ok(p) => p,
         Err(m) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &m),
     };
+    if node.kafka.is_some() {
+        return publish_kafka(node, p).await;
+    }
     let channel = p.channel.clone();
     match node.bus.publish(p).await {
         Ok(pos) => json_response(
@@ -191,6 +228,56 @@ async fn publish(node: &Node, req: Request<Incoming>) -> Resp {
             &json!({"ok": true, "channel": channel, "pos": pos}),
         ),
         Err(r) => error(StatusCode::SERVICE_UNAVAILABLE, r.code, &r.message),
+    }
+}
+
+/// With Kafka, an HTTP publish goes to the upstream topic like a client's and reaches clients on
+/// every node when consumed back; the answer comes after the broker's acknowledgement.
+async fn publish_kafka(node: &Node, p: Publish) -> Resp {
+    let Some(producer) = node.admin_producer.get() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            "Kafka unavailable",
+        );
+    };
+    let mut headers = std::collections::BTreeMap::new();
+    for (k, v) in [("event", p.event), ("id", p.id)] {
+        if let Some(v) = v {
+            headers.insert(k.to_string(), v.into_bytes());
+        }
+    }
+    if p.priority != 3 {
+        headers.insert("priority".into(), p.priority.to_string().into_bytes());
+    }
+    let record = rskafka::record::Record {
+        key: Some(p.channel.clone().into_bytes()),
+        value: Some(p.data.to_string().into_bytes()),
+        headers,
+        timestamp: chrono::Utc::now(),
+    };
+    let topic = &node.config.kafka.upstream_topic;
+    let started = Instant::now();
+    let result = producer.produce(topic, record).await;
+    if let Some(k) = &node.kafka {
+        k.produce_latency(started.elapsed());
+    }
+    match result {
+        Ok((partition, offset)) => {
+            let pos = crate::kafka::format_pos(topic, partition, offset);
+            json_response(
+                StatusCode::OK,
+                &json!({"ok": true, "channel": p.channel, "pos": pos}),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "HTTP publish to Kafka failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Internal,
+                "Kafka unavailable",
+            )
+        }
     }
 }
 
@@ -218,5 +305,6 @@ pub fn parse_publish(body: &[u8], max_channel_len: usize) -> Result<Publish, Str
         data: obj.get("data").cloned().unwrap_or(Value::Null),
         from: None,
         born: Instant::now(),
+        origin_ms: None,
     })
 }

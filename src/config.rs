@@ -33,8 +33,73 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub session: SessionConfig,
     pub history: HistoryConfig,
+    pub kafka: KafkaConfig,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    Latest,
+    Earliest,
+}
+
+/// Kafka: the production source of pushes and how nodes scale out. Empty `brokers` = the
+/// in-process bus.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// Topics whose records are pushed to clients. Every node reads all of them.
+    pub push_topics: Vec<String>,
+    /// Where client `publish` frames and `POST /api/publish` go (key = channel); consumed too.
+    pub upstream_topic: String,
+    /// Where records that cannot be routed go, with the reason in a header; none = only counted.
+    pub dead_letter_topic: Option<String>,
+    /// Where a node starts reading a partition: `latest` (default) or `earliest`.
+    pub start_from: StartFrom,
+    /// Upper bound of one fetch per partition.
+    pub fetch_max_bytes: i32,
+    /// How long the broker may hold a fetch open waiting for records.
+    pub fetch_max_wait_ms: i32,
+    /// How often topic metadata is re-read to pick up added partitions.
+    pub metadata_refresh_ms: u64,
+    /// Records scanned at most to answer one `since` from the broker.
+    pub recovery_max_records: usize,
+    pub client_id: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: Vec::new(),
+            push_topics: vec!["gateway.push".into()],
+            upstream_topic: "gateway.upstream".into(),
+            dead_letter_topic: None,
+            start_from: StartFrom::Latest,
+            fetch_max_bytes: 1 << 20,
+            fetch_max_wait_ms: 500,
+            metadata_refresh_ms: 10_000,
+            recovery_max_records: 100_000,
+            client_id: "gateway".into(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn enabled(&self) -> bool {
+        !self.brokers.is_empty()
+    }
+
+    /// Every topic the gateway consumes: the push topics and the upstream topic.
+    pub fn consumed_topics(&self) -> Vec<String> {
+        let mut t = self.push_topics.clone();
+        if !t.contains(&self.upstream_topic) {
+            t.push(self.upstream_topic.clone());
+        }
+        t
+    }
+}
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JwtAlgorithm {
     HS256,
@@ -113,6 +178,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             session: SessionConfig::default(),
             history: HistoryConfig::default(),
+            kafka: KafkaConfig::default(),
         }
     }
 }
@@ -204,6 +270,21 @@ impl Config {
         }
         if self.history.size == 0 {
             bail!("history.size must be positive");
+        }
+        let k = &self.kafka;
+        if k.enabled() {
+            if k.push_topics.is_empty() && k.upstream_topic.is_empty() {
+                bail!("kafka.push_topics must name at least one topic");
+            }
+            let bad = |t: &str| t.is_empty() || t.contains(':') || t.len() > 249;
+            if k.consumed_topics().iter().any(|t| bad(t))
+                || k.dead_letter_topic.as_deref().is_some_and(bad)
+            {
+                bail!("kafka topic names must be 1-249 characters without ':'");
+            }
+            if k.fetch_max_bytes < 1024 || k.fetch_max_wait_ms < 0 {
+                bail!("kafka.fetch_max_bytes must be >= 1024 and kafka.fetch_max_wait_ms >= 0");
+            }
         }
         match self.auth.jwt_algorithm {
             JwtAlgorithm::HS256 => {

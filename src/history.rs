@@ -8,23 +8,33 @@ use std::time::{Duration, Instant};
 
 pub struct Owned {
     ring: VecDeque<Arc<Msg>>,
-    /// Every message of the channel with `seq > floor` is in the ring.
-    floor: u64,
-    /// Bit `i` set: shard `i` has members (this shard's own members are found locally).
-    pub interest: u64,
+    /// The sequence (the shard's, or a Kafka partition) the ring follows.
+    stream: u64,
+    /// Every message of the channel in `stream` with `seq >= covered_from` is in the ring.
+    covered_from: u64,
 }
 
 impl Owned {
-    /// State for a channel first seen when the shard's sequence is at `seq`.
-    pub fn new(seq: u64) -> Owned {
+    /// State for a channel whose messages from `covered_from` on will all be kept.
+    pub fn new(stream: u64, covered_from: u64) -> Owned {
         Owned {
             ring: VecDeque::new(),
-            floor: seq,
-            interest: 0,
+            stream,
+            covered_from,
         }
     }
 
+    pub fn stream(&self) -> u64 {
+        self.stream
+    }
+
     pub fn push(&mut self, msg: Arc<Msg>, size: usize) {
+        if msg.stream != self.stream {
+            // The channel moved to another partition: history follows the new one.
+            self.ring.clear();
+            self.stream = msg.stream;
+            self.covered_from = msg.seq;
+        }
         self.ring.push_back(msg);
         while self.ring.len() > size {
             self.pop();
@@ -33,7 +43,7 @@ impl Owned {
 
     fn pop(&mut self) {
         if let Some(old) = self.ring.pop_front() {
-            self.floor = old.seq;
+            self.covered_from = old.seq + 1;
         }
     }
 
@@ -50,7 +60,7 @@ impl Owned {
 
     /// The messages after `since`, or None when some of them are no longer kept.
     pub fn after(&self, since: u64) -> Option<Vec<Arc<Msg>>> {
-        if since < self.floor {
+        if since.saturating_add(1) < self.covered_from {
             return None;
         }
         Some(
@@ -69,10 +79,6 @@ impl Owned {
     pub fn is_empty(&self) -> bool {
         self.ring.is_empty()
     }
-
-    pub fn is_idle(&self) -> bool {
-        self.is_empty() && self.interest == 0
-    }
 }
 
 #[cfg(test)]
@@ -89,13 +95,14 @@ mod tests {
             data: serde_json::Value::Null,
             from: None,
             born: Instant::now(),
+            origin_ms: None,
         };
-        Arc::new(Msg::new(p, "c".into(), seq, seq.to_string()))
+        Arc::new(Msg::new(p, "c".into(), 0, seq, seq.to_string()))
     }
 
     #[test]
     fn ring_reaches_back_only_as_far_as_it_keeps() {
-        let mut o = Owned::new(10);
+        let mut o = Owned::new(0, 11);
         for s in [12, 15, 20] {
             o.push(msg(s), 2);
         }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod conn;
 pub mod handshake;
 pub mod history;
+pub mod kafka;
 pub mod listener;
 pub mod mesh;
 pub mod message;

@@ -90,6 +90,27 @@ struct ServeArgs {
     /// Time allowed for clients to close after SIGTERM.
     #[arg(long)]
     drain_timeout_ms: Option<u64>,
+    /// Kafka bootstrap brokers, comma-separated (enables Kafka instead of the in-process bus).
+    #[arg(long, value_delimiter = ',')]
+    kafka_brokers: Option<Vec<String>>,
+    /// Topics pushed to clients, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    kafka_push_topics: Option<Vec<String>>,
+    /// Topic for client and HTTP publishes (key = channel).
+    #[arg(long)]
+    kafka_upstream_topic: Option<String>,
+    /// Topic for records that cannot be routed.
+    #[arg(long)]
+    kafka_dead_letter_topic: Option<String>,
+    /// Where a node starts reading: latest or earliest.
+    #[arg(long)]
+    kafka_start_from: Option<String>,
+    /// Longest time the broker may hold a fetch open.
+    #[arg(long)]
+    kafka_fetch_max_wait_ms: Option<i32>,
+    /// How often partitions added later are picked up.
+    #[arg(long)]
+    kafka_metadata_refresh_ms: Option<u64>,
 }
 
 #[derive(Args)]
@@ -171,6 +192,25 @@ impl ServeArgs {
         set(&mut o, "session.heartbeat_ms", self.heartbeat_ms);
         set(&mut o, "history.size", self.history_size);
         set(&mut o, "history.ttl_secs", self.history_ttl_secs);
+        set(&mut o, "kafka.brokers", self.kafka_brokers);
+        set(&mut o, "kafka.push_topics", self.kafka_push_topics);
+        set(&mut o, "kafka.upstream_topic", self.kafka_upstream_topic);
+        set(
+            &mut o,
+            "kafka.dead_letter_topic",
+            self.kafka_dead_letter_topic,
+        );
+        set(&mut o, "kafka.start_from", self.kafka_start_from);
+        set(
+            &mut o,
+            "kafka.fetch_max_wait_ms",
+            self.kafka_fetch_max_wait_ms,
+        );
+        set(
+            &mut o,
+            "kafka.metadata_refresh_ms",
+            self.kafka_metadata_refresh_ms,
+        );
         o
     }
 }
@@ -179,7 +219,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=warn")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -52,7 +52,7 @@ pub enum MeshMsg {
     /// A `since` subscription: the owner answers with `Recovered` and the history after `since`.
     Recover {
         channel: Arc<str>,
-        since: u64,
+        since: crate::router::SincePos,
         from: usize,
         conn: u64,
     },

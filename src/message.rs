@@ -19,6 +19,8 @@ pub struct Publish {
     pub from: Option<String>,
     /// When the gateway accepted it: the start of the delivery-latency measurement.
     pub born: Instant,
+    /// The Kafka record's timestamp (ms), for records consumed from Kafka.
+    pub origin_ms: Option<u64>,
 }
 
 /// A sequenced message. Immutable and shared (`Arc`) between the owner shard's history and every
@@ -26,6 +28,9 @@ pub struct Publish {
 #[derive(Debug)]
 pub struct Msg {
     pub channel: Arc<str>,
+    /// The sequence `seq` belongs to: 0 for the in-process bus, else a Kafka partition.
+    pub stream: u64,
+    /// Position in `stream`: the owner's sequence number, or the Kafka offset.
     pub seq: u64,
     pub pos: String,
     pub priority: u8,
@@ -35,6 +40,7 @@ pub struct Msg {
     pub text: Box<str>,
     pub born: Instant,
     pub accepted: Instant,
+    pub origin_ms: Option<u64>,
 }
 
 pub fn now_ms() -> u64 {
@@ -45,7 +51,7 @@ pub fn now_ms() -> u64 {
 }
 
 impl Msg {
-    pub fn new(p: Publish, channel: Arc<str>, seq: u64, pos: String) -> Msg {
+    pub fn new(p: Publish, channel: Arc<str>, stream: u64, seq: u64, pos: String) -> Msg {
         let mut m = Map::new();
         m.insert("type".into(), "message".into());
         m.insert("channel".into(), Value::String(channel.to_string()));
@@ -66,6 +72,7 @@ impl Msg {
         let text = Value::Object(m).to_string().into_boxed_str();
         Msg {
             channel,
+            stream,
             seq,
             pos,
             priority: p.priority,
@@ -73,6 +80,7 @@ impl Msg {
             text,
             born: p.born,
             accepted: Instant::now(),
+            origin_ms: p.origin_ms,
         }
     }
 }
@@ -86,14 +94,25 @@ pub struct Frame {
     pub born: Option<Instant>,
     /// A channel message (counted as delivered), rather than a reply or control frame.
     pub message: bool,
+    /// The Kafka record's timestamp (ms), for the record-to-socket histogram.
+    pub origin_ms: Option<u64>,
 }
 
 impl Frame {
-    /// A channel message; `born` is None for replayed history.
-    pub fn message(text: &str, priority: u8, born: Option<Instant>) -> Frame {
+    /// A live channel message.
+    pub fn message(msg: &Msg) -> Frame {
         Frame {
             message: true,
-            ..Frame::encode(text, priority, born)
+            origin_ms: msg.origin_ms,
+            ..Frame::encode(&msg.text, msg.priority, Some(msg.born))
+        }
+    }
+
+    /// A message replayed from history for `since` (no latency is recorded for it).
+    pub fn replay(msg: &Msg) -> Frame {
+        Frame {
+            message: true,
+            ..Frame::encode(&msg.text, msg.priority, None)
         }
     }
 
@@ -117,6 +136,7 @@ impl Frame {
             priority,
             born,
             message: false,
+            origin_ms: None,
         }
     }
 
@@ -127,6 +147,7 @@ impl Frame {
             priority: 1,
             born: None,
             message: false,
+            origin_ms: None,
         }
     }
 
@@ -163,7 +184,7 @@ mod tests {
     fn frames_parse_back() {
         for n in [0usize, 5, 125, 126, 65535, 65536] {
             let text = "x".repeat(n);
-            let f = Frame::message(&text, 3, None);
+            let f = Frame::encode(&text, 3, None);
             let mut cur = std::io::Cursor::new(&f.bytes[..]);
             let (h, len) = FrameHeader::parse(&mut cur).unwrap().unwrap();
             assert_eq!(len as usize, n);

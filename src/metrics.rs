@@ -102,11 +102,33 @@ pub struct ShardMetrics {
     pub handshake_failures: Counter,
     pub delivery_latency: AtomicHistogram,
     pub auth_failures: Vec<Counter>,
+    /// Kafka records turned into messages by this shard.
+    pub kafka_routed: Counter,
+    /// From the record's Kafka timestamp to the frame written to the socket.
+    pub record_to_socket: AtomicHistogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// Families whose members appear as partitions are discovered.
+pub struct KafkaMetrics {
+    pub position: Family<PartitionLabel, Gauge>,
+    pub high_watermark: Family<PartitionLabel, Gauge>,
+    pub lag: Family<PartitionLabel, Gauge>,
+    pub consumed: Family<PartitionLabel, Counter>,
+    pub dead_lettered: Family<ReasonLabel, Counter>,
+    pub produce_latency: AtomicHistogram,
+    pub up: Family<ShardLabel, Gauge>,
 }
 
 pub struct Metrics {
     pub registry: Registry,
     pub shards: Vec<ShardMetrics>,
+    pub kafka: KafkaMetrics,
 }
 
 impl Metrics {
@@ -172,6 +194,61 @@ impl Metrics {
             "From message accepted by the gateway to written to the client socket",
             latency.clone(),
         );
+        let kafka_routed = family!(
+            "kafka_records_routed",
+            "Kafka records turned into messages by the shard that owns the partition",
+            Counter
+        );
+        let record_to_socket = Family::<ShardLabel, AtomicHistogram>::default();
+        registry.register(
+            "kafka_record_to_socket_seconds",
+            "From a record's Kafka timestamp to its frame written to the client socket",
+            record_to_socket.clone(),
+        );
+        let kafka = KafkaMetrics {
+            position: Family::default(),
+            high_watermark: Family::default(),
+            lag: Family::default(),
+            consumed: Family::default(),
+            dead_lettered: Family::default(),
+            produce_latency: AtomicHistogram::default(),
+            up: Family::default(),
+        };
+        registry.register(
+            "kafka_position",
+            "Next offset the gateway reads, per partition",
+            kafka.position.clone(),
+        );
+        registry.register(
+            "kafka_high_watermark",
+            "The partition's high watermark at the last fetch",
+            kafka.high_watermark.clone(),
+        );
+        registry.register(
+            "kafka_lag",
+            "High watermark minus position",
+            kafka.lag.clone(),
+        );
+        registry.register(
+            "kafka_records_consumed",
+            "Records read, per partition",
+            kafka.consumed.clone(),
+        );
+        registry.register(
+            "kafka_records_dead_lettered",
+            "Records that could not be routed, by reason",
+            kafka.dead_lettered.clone(),
+        );
+        registry.register(
+            "kafka_produce_latency_seconds",
+            "From produce request to the broker's acknowledgement (client and HTTP publishes)",
+            kafka.produce_latency.clone(),
+        );
+        registry.register(
+            "kafka_up",
+            "1 while the shard's Kafka connection works",
+            kafka.up.clone(),
+        );
         let auth = Family::<AuthLabels, Counter>::default();
         registry.register(
             "auth_failures",
@@ -205,10 +282,16 @@ impl Metrics {
                             .clone()
                         })
                         .collect(),
+                    kafka_routed: kafka_routed.get_or_create(&l).clone(),
+                    record_to_socket: record_to_socket.get_or_create(&l).clone(),
                 }
             })
             .collect();
-        Metrics { registry, shards }
+        Metrics {
+            registry,
+            shards,
+            kafka,
+        }
     }
 
     pub fn encode(&self) -> String {

@@ -161,6 +161,7 @@ mod tests {
             priority,
             born: None,
             message: true,
+            origin_ms: None,
         })
     }
 

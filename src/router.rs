@@ -11,6 +11,7 @@
 
 use crate::conn::ConnHandle;
 use crate::history::Owned;
+use crate::kafka::{self, Batch, Command, Decoded, FromKafka, KafkaIo, Stream};
 use crate::mesh::{ConnAck, MeshMsg, Peers};
 use crate::message::{Frame, Msg, Publish};
 use crate::metrics::ShardMetrics;
@@ -50,6 +51,18 @@ pub fn parse_pos(pos: &str) -> Option<(u64, u64)> {
     Some((u64::from_str_radix(e, 16).ok()?, s.parse().ok()?))
 }
 
+/// Where a `since` points: a sequence (`stream`, 0 for the in-process bus, else a Kafka partition)
+/// and a position in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SincePos {
+    pub stream: Stream,
+    pub seq: u64,
+}
+
+/// A `since` this process cannot answer (a position from before a restart, or from a topic it
+/// does not consume): answered `recovered: false`.
+pub const UNRECOVERABLE: Stream = u64::MAX;
+
 /// What a member is told when it goes live.
 pub enum Ack {
     /// Nothing (the session reports readiness its own way).
@@ -73,6 +86,7 @@ struct Waiting {
 }
 
 struct SinceState {
+    stream: Stream,
     seq: u64,
     /// The owner's answer: Some(None) = not recoverable. None = not yet answered (remote owner).
     answer: Option<Option<Vec<Arc<Msg>>>>,
@@ -83,9 +97,11 @@ struct SinceState {
 }
 
 impl SinceState {
-    fn new(seq: u64, answer: Option<Option<Vec<Arc<Msg>>>>) -> SinceState {
+    fn new(since: SincePos) -> SinceState {
+        let answer = (since.stream == UNRECOVERABLE).then_some(None);
         SinceState {
-            seq,
+            stream: since.stream,
+            seq: since.seq,
             answer,
             buffered: Vec::new(),
             overflow: false,
@@ -116,6 +132,20 @@ pub struct RouterConfig {
     pub user_limit: usize,
 }
 
+/// What the router waits for from its Kafka I/O thread.
+enum KafkaWait {
+    Produce {
+        conn: u64,
+        id: Value,
+    },
+    Read {
+        channel: Arc<str>,
+        stream: Stream,
+        from: usize,
+        conn: u64,
+    },
+}
+
 pub struct Router {
     pub shard: usize,
     pub shards: usize,
@@ -132,10 +162,20 @@ pub struct Router {
     conns: RefCell<HashMap<u64, Rc<ConnHandle>>>,
     pub users: Users,
     metrics: ShardMetrics,
+    kafka: Option<KafkaIo>,
+    /// Per consumed partition of this shard: the next offset to read.
+    streams: RefCell<HashMap<Stream, i64>>,
+    waits: RefCell<HashMap<u64, KafkaWait>>,
+    next_token: Cell<u64>,
 }
 
 impl Router {
-    pub fn new(cfg: RouterConfig, peers: Peers, metrics: ShardMetrics) -> Router {
+    pub fn new(
+        cfg: RouterConfig,
+        peers: Peers,
+        metrics: ShardMetrics,
+        kafka: Option<KafkaIo>,
+    ) -> Router {
         Router {
             shard: cfg.shard,
             shards: cfg.shards,
@@ -151,6 +191,10 @@ impl Router {
             conns: RefCell::default(),
             users: Users::new(cfg.shard, cfg.shards, cfg.user_limit),
             metrics,
+            kafka,
+            streams: RefCell::default(),
+            waits: RefCell::default(),
+            next_token: Cell::new(0),
         }
     }
 
@@ -187,8 +231,12 @@ impl Router {
 
     // ---- publishing ----
 
-    /// A publish from a client of this shard; the reply goes back to it once sequenced.
+    /// A publish from a client of this shard; the reply goes back to it once sequenced (or, with
+    /// Kafka, once the broker has acknowledged it).
     pub fn publish(&self, p: Publish, ack: Option<ConnAck>) {
+        if self.kafka.is_some() {
+            return self.produce(p, ack);
+        }
         let owner = self.owner(&p.channel);
         if owner == self.shard {
             let msg = self.sequence(p);
@@ -207,6 +255,52 @@ impl Router {
         }
     }
 
+    fn token(&self) -> u64 {
+        let t = self.next_token.get() + 1;
+        self.next_token.set(t);
+        t
+    }
+
+    /// Produces a client publish to the upstream topic: key = channel, headers `user` and `id`.
+    fn produce(&self, p: Publish, ack: Option<ConnAck>) {
+        let Some(kafka) = &self.kafka else { return };
+        let token = self.token();
+        let (conn, id) = ack.map(|a| (a.conn, a.id)).unwrap_or((0, Value::Null));
+        let mut headers = std::collections::BTreeMap::new();
+        let msg_id =
+            p.id.unwrap_or_else(|| format!("{:x}-{:x}-{token}", self.epoch, conn));
+        headers.insert("id".to_string(), msg_id.into_bytes());
+        if let Some(user) = p.from {
+            headers.insert("user".to_string(), user.into_bytes());
+        }
+        if let Some(event) = p.event {
+            headers.insert("event".to_string(), event.into_bytes());
+        }
+        if p.priority != 3 {
+            headers.insert("priority".to_string(), p.priority.to_string().into_bytes());
+        }
+        let record = rskafka::record::Record {
+            key: Some(p.channel.into_bytes()),
+            value: Some(p.data.to_string().into_bytes()),
+            headers,
+            timestamp: chrono::Utc::now(),
+        };
+        let topic = kafka.upstream.clone();
+        let cmd = Command::Produce {
+            token,
+            topic,
+            record,
+        };
+        if kafka.commands.try_send(cmd).is_err() {
+            let busy = Refusal::new(protocol::ErrorCode::Internal, "Kafka producer busy, retry");
+            self.reply(conn, &protocol::reply_err(&id, &busy));
+            return;
+        }
+        self.waits
+            .borrow_mut()
+            .insert(token, KafkaWait::Produce { conn, id });
+    }
+
     /// Sequences a message of a channel this shard owns, keeps it for `since`, and fans it out.
     pub fn sequence(&self, p: Publish) -> Arc<Msg> {
         debug_assert_eq!(self.owner(&p.channel), self.shard);
@@ -217,16 +311,12 @@ impl Router {
             Some((k, _)) => k.clone(),
             None => {
                 let k: Arc<str> = Arc::from(p.channel.as_str());
-                owned.insert(k.clone(), Owned::new(seq - 1));
+                owned.insert(k.clone(), Owned::new(0, seq));
                 k
             }
         };
-        let msg = Arc::new(Msg::new(
-            p,
-            channel.clone(),
-            seq,
-            format_pos(self.epoch, seq),
-        ));
+        let pos = format_pos(self.epoch, seq);
+        let msg = Arc::new(Msg::new(p, channel.clone(), 0, seq, pos));
         if let Some(state) = owned.get_mut(&channel) {
             state.push(msg.clone(), self.history_size);
         }
@@ -234,6 +324,131 @@ impl Router {
         self.metrics.messages_in.inc();
         self.fan_out(&msg);
         msg
+    }
+
+    /// Records of a partition this shard consumes: keep for `since`, deliver, forward.
+    fn deliver_batch(&self, batch: Batch) {
+        self.streams.borrow_mut().insert(batch.stream, batch.next);
+        for d in batch.msgs {
+            let msg = {
+                let mut owned = self.owned.borrow_mut();
+                let channel = match owned.get_key_value(d.publish.channel.as_str()) {
+                    Some((k, _)) => k.clone(),
+                    None => {
+                        // Older records of the channel, if any, are read back from Kafka.
+                        let k: Arc<str> = Arc::from(d.publish.channel.as_str());
+                        owned.insert(k.clone(), Owned::new(batch.stream, d.offset as u64));
+                        k
+                    }
+                };
+                let pos = kafka::format_pos(&batch.topic, batch.partition, d.offset);
+                let seq = d.offset as u64;
+                let msg = Arc::new(Msg::new(d.publish, channel.clone(), batch.stream, seq, pos));
+                if let Some(state) = owned.get_mut(&channel) {
+                    state.push(msg.clone(), self.history_size);
+                }
+                msg
+            };
+            self.metrics.kafka_routed.inc();
+            self.metrics.messages_in.inc();
+            self.fan_out(&msg);
+        }
+    }
+
+    /// What the shard's Kafka I/O thread hands over.
+    pub fn on_kafka(&self, item: FromKafka) {
+        match item {
+            FromKafka::Records(batch) => self.deliver_batch(batch),
+            FromKafka::Produced { token, result } => {
+                let wait = self.waits.borrow_mut().remove(&token);
+                let Some(KafkaWait::Produce { conn, id }) = wait else {
+                    return;
+                };
+                let result = result.map_err(|e| {
+                    tracing::warn!(error = %e, "client publish to Kafka failed");
+                    Refusal::new(
+                        protocol::ErrorCode::Internal,
+                        "publish failed: Kafka unavailable",
+                    )
+                });
+                self.send_ack(conn, &id, &result);
+            }
+            FromKafka::Read { token, result } => {
+                let wait = self.waits.borrow_mut().remove(&token);
+                let Some(KafkaWait::Read {
+                    channel,
+                    stream,
+                    from,
+                    conn,
+                }) = wait
+                else {
+                    return;
+                };
+                let msgs = match result {
+                    Ok(records) => Some(self.read_back(&channel, stream, records)),
+                    Err(e) => {
+                        tracing::info!(channel = %channel, error = %e, "since: not recoverable from Kafka");
+                        None
+                    }
+                };
+                self.answer_recovery(&channel, from, conn, msgs);
+            }
+        }
+    }
+
+    /// Records read back from Kafka for `since`, as messages of `channel`.
+    fn read_back(
+        &self,
+        channel: &Arc<str>,
+        stream: Stream,
+        records: Vec<Decoded>,
+    ) -> Vec<Arc<Msg>> {
+        let topic = self
+            .kafka
+            .as_ref()
+            .and_then(|k| k.topics.get((stream >> 32) as usize));
+        let Some(topic) = topic else {
+            return Vec::new();
+        };
+        let partition = kafka::stream_partition(stream);
+        records
+            .into_iter()
+            .map(|d| {
+                let pos = kafka::format_pos(topic, partition, d.offset);
+                let seq = d.offset as u64;
+                Arc::new(Msg::new(d.publish, channel.clone(), stream, seq, pos))
+            })
+            .collect()
+    }
+
+    /// Reads a client's `since`: the in-process form, or a Kafka record's position.
+    pub fn parse_since(&self, pos: &str) -> Option<SincePos> {
+        if let Some(k) = &self.kafka {
+            let (topic, partition, offset) = kafka::parse_pos(pos)?;
+            let stream = k
+                .topic_index(topic)
+                .map_or(UNRECOVERABLE, |ti| kafka::stream_id(ti, partition));
+            return Some(SincePos {
+                stream,
+                seq: offset as u64,
+            });
+        }
+        let (epoch, seq) = parse_pos(pos)?;
+        let stream = if epoch == self.epoch {
+            0
+        } else {
+            UNRECOVERABLE
+        };
+        Some(SincePos { stream, seq })
+    }
+
+    /// The shard that answers a `since`: the channel's owner, or the partition's consumer.
+    fn since_owner(&self, channel: &str, since: SincePos) -> usize {
+        if since.stream == 0 {
+            self.owner(channel)
+        } else {
+            kafka::stream_partition(since.stream) as usize % self.shards
+        }
     }
 
     /// Delivers to this shard's members and forwards to every shard with members.
@@ -266,9 +481,7 @@ impl Router {
             if m.filter.as_ref().is_some_and(|f| !f.matches(&msg.data)) {
                 continue;
             }
-            let f = frame.get_or_insert_with(|| {
-                Rc::new(Frame::message(&msg.text, msg.priority, Some(msg.born)))
-            });
+            let f = frame.get_or_insert_with(|| Rc::new(Frame::message(msg)));
             m.conn.send(f);
         }
         for w in ch.waiting.values_mut() {
@@ -315,34 +528,35 @@ impl Router {
         conn: &Rc<ConnHandle>,
         channel: &str,
         filter: Option<Filter>,
-        since: Option<(u64, u64)>,
+        since: Option<SincePos>,
         ack: Ack,
     ) {
         let member = Member {
             conn: conn.clone(),
             filter: filter.map(Rc::new),
         };
-        let since = match since {
-            None => None,
-            // A position from another epoch (before a restart) cannot be recovered here.
-            Some((epoch, _)) if epoch != self.epoch => Some(SinceState::new(0, Some(None))),
-            Some((_, seq)) => Some(SinceState::new(seq, None)),
-        };
         let key = self.local_key(channel);
-        let ask_owner =
-            since.as_ref().is_some_and(|s| s.answer.is_none()) && self.owner(channel) != self.shard;
-        let seq = since.as_ref().map(|s| s.seq).unwrap_or_default();
-        self.insert(&key, Waiting { member, ack, since });
-        if ask_owner {
-            // After our Join (if any) on the same FIFO pair: the answer follows the owner's ack.
-            let msg = MeshMsg::Recover {
-                channel: key.clone(),
-                since: seq,
-                from: self.shard,
-                conn: conn.id,
-            };
-            if !self.peers.send(self.owner(channel), msg) {
-                self.recovered(&key, conn.id, None);
+        let waiting = Waiting {
+            member,
+            ack,
+            since: since.map(SinceState::new),
+        };
+        self.insert(&key, waiting);
+        if let Some(sp) = since.filter(|s| s.stream != UNRECOVERABLE) {
+            let owner = self.since_owner(channel, sp);
+            if owner == self.shard {
+                self.handle_recover(&key, sp, self.shard, conn.id);
+            } else {
+                // After our Join (if any) on the same FIFO pair: the answer follows the owner's ack.
+                let msg = MeshMsg::Recover {
+                    channel: key.clone(),
+                    since: sp,
+                    from: self.shard,
+                    conn: conn.id,
+                };
+                if !self.peers.send(owner, msg) {
+                    self.recovered(&key, conn.id, None);
+                }
             }
         }
         self.activate_ready(&key);
@@ -395,26 +609,13 @@ impl Router {
             let ids: Vec<u64> = ch
                 .waiting
                 .iter()
-                .filter(|(_, w)| self.is_ready(key, w))
+                .filter(|(_, w)| w.since.as_ref().is_none_or(|s| s.answer.is_some()))
                 .map(|(id, _)| *id)
                 .collect();
             ids.iter().filter_map(|id| ch.waiting.remove(id)).collect()
         };
-        for mut w in ready {
-            if let Some(s) = w.since.as_mut() {
-                if s.answer.is_none() {
-                    // This shard owns the channel: its history is at hand.
-                    s.answer = Some(self.history_after(key, s.seq));
-                }
-            }
+        for w in ready {
             self.go_live(key, w);
-        }
-    }
-
-    fn is_ready(&self, key: &str, w: &Waiting) -> bool {
-        match &w.since {
-            None => true,
-            Some(s) => s.answer.is_some() || self.owner(key) == self.shard,
         }
     }
 
@@ -431,7 +632,8 @@ impl Router {
                     last = last.max(msg.seq);
                     send_replay(&w.member, &msg);
                 }
-                for msg in s.buffered.iter().filter(|m| m.seq > last) {
+                let missed = |m: &&Arc<Msg>| m.stream != s.stream || m.seq > last;
+                for msg in s.buffered.iter().filter(missed) {
                     send_replay(&w.member, msg);
                 }
             }
@@ -475,16 +677,73 @@ impl Router {
         true
     }
 
-    /// The owner's answer to a `since`: Some(messages after it), or None if not all are kept.
-    fn history_after(&self, channel: &str, since: u64) -> Option<Vec<Arc<Msg>>> {
+    /// The messages after `since` kept in memory, or None if memory does not reach back.
+    fn history_after(&self, channel: &str, since: SincePos) -> Option<Vec<Arc<Msg>>> {
         let mut owned = self.owned.borrow_mut();
         match owned.get_mut(channel) {
-            Some(o) => {
+            Some(o) if o.stream() == since.stream => {
                 o.expire(self.history_ttl, Instant::now());
-                o.after(since)
+                o.after(since.seq)
             }
-            // Nothing kept: recoverable only if nothing at all was sequenced since.
-            None => (since >= self.seq.get()).then(Vec::new),
+            Some(_) => None,
+            // In-process, nothing kept: recoverable only if nothing was sequenced since.
+            None if since.stream == 0 => (since.seq >= self.seq.get()).then(Vec::new),
+            None => None,
+        }
+    }
+
+    /// The owner's side of a `since`: from memory, else (with Kafka) read back from the broker.
+    fn handle_recover(&self, channel: &Arc<str>, since: SincePos, from: usize, conn: u64) {
+        if let Some(msgs) = self.history_after(channel, since) {
+            return self.answer_recovery(channel, from, conn, Some(msgs));
+        }
+        let next = self.streams.borrow().get(&since.stream).copied();
+        let (Some(k), Some(next)) = (&self.kafka, next) else {
+            return self.answer_recovery(channel, from, conn, None);
+        };
+        let start = since.seq as i64 + 1;
+        if start >= next {
+            return self.answer_recovery(channel, from, conn, Some(Vec::new()));
+        }
+        let token = self.token();
+        let cmd = Command::Read {
+            token,
+            stream: since.stream,
+            channel: channel.clone(),
+            from: start,
+            to: next,
+        };
+        if k.commands.try_send(cmd).is_err() {
+            return self.answer_recovery(channel, from, conn, None);
+        }
+        let wait = KafkaWait::Read {
+            channel: channel.clone(),
+            stream: since.stream,
+            from,
+            conn,
+        };
+        self.waits.borrow_mut().insert(token, wait);
+    }
+
+    fn answer_recovery(
+        &self,
+        channel: &Arc<str>,
+        to: usize,
+        conn: u64,
+        msgs: Option<Vec<Arc<Msg>>>,
+    ) {
+        if to == self.shard {
+            self.recovered(channel, conn, msgs);
+        } else {
+            let channel = channel.clone();
+            self.peers.send(
+                to,
+                MeshMsg::Recovered {
+                    channel,
+                    conn,
+                    msgs,
+                },
+            );
         }
     }
 
@@ -564,15 +823,7 @@ impl Router {
                 since,
                 from,
                 conn,
-            } => {
-                let msgs = self.history_after(&channel, since);
-                let reply = MeshMsg::Recovered {
-                    channel,
-                    conn,
-                    msgs,
-                };
-                self.peers.send(from, reply);
-            }
+            } => self.handle_recover(&channel, since, from, conn),
             MeshMsg::Recovered {
                 channel,
                 conn,
@@ -648,7 +899,7 @@ fn send_replay(member: &Member, msg: &Msg) {
     {
         return;
     }
-    let frame = Frame::message(&msg.text, msg.priority, None);
+    let frame = Frame::replay(msg);
     member.conn.send(&Rc::new(frame));
 }
 

@@ -31,6 +31,10 @@ pub struct Node {
     pub ws_addr: SocketAddr,
     pub max_connections: usize,
     pub started: Instant,
+    /// Kafka state, when Kafka is configured.
+    pub kafka: Option<Arc<crate::kafka::stats::KafkaStats>>,
+    /// The admin thread's producer for `POST /api/publish`, once connected.
+    pub admin_producer: std::sync::OnceLock<Arc<crate::kafka::client::Producer>>,
     connections: AtomicUsize,
     draining: AtomicBool,
 }
@@ -153,8 +157,15 @@ pub fn start(config: Config) -> Result<Running> {
     let (reserved, ws_addr) = listener::reserve(config.listen)
         .with_context(|| format!("binding WebSocket listener {}", config.listen))?;
     let (bus, controls) = Bus::new(shards);
+    let metrics = Metrics::new(shards);
+    let kafka = config
+        .kafka
+        .enabled()
+        .then(|| Arc::new(crate::kafka::stats::KafkaStats::new(shards, &metrics.kafka)));
     let node = Arc::new(Node {
-        metrics: Metrics::new(shards),
+        metrics,
+        kafka,
+        admin_producer: std::sync::OnceLock::new(),
         verifier,
         bus,
         shards,

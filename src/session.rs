@@ -8,7 +8,7 @@ use crate::mesh::ConnAck;
 use crate::message::{Frame, Publish};
 use crate::outq::MAX_IOV;
 use crate::protocol::{self, check_channel, ErrorCode, Filter, Refusal, Request};
-use crate::router::{parse_pos, Ack, BROADCAST};
+use crate::router::{Ack, BROADCAST};
 use crate::server::ConnSlot;
 use crate::shard::Shard;
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -345,11 +345,17 @@ impl Session {
         let shard = &self.shard;
         let mut q = self.conn.queue();
         let before = q.bytes();
+        let mut now_ms = None;
         q.advance(n, |f| {
             if f.message {
                 shard.metrics.delivered.inc();
                 if let Some(born) = f.born {
                     shard.record_latency(now.duration_since(born));
+                }
+                if let Some(origin) = f.origin_ms {
+                    let now_ms = *now_ms.get_or_insert_with(crate::message::now_ms);
+                    let d = Duration::from_millis(now_ms.saturating_sub(origin));
+                    shard.metrics.record_to_socket.observe(d);
                 }
             }
         });
@@ -560,7 +566,7 @@ impl Session {
         };
         let since = match &req.since {
             None => None,
-            Some(p) => Some(parse_pos(p).ok_or_else(|| {
+            Some(p) => Some(self.shard.router.parse_since(p).ok_or_else(|| {
                 Refusal::new(
                     ErrorCode::BadRequest,
                     "since is not a pos given by this gateway",
@@ -632,6 +638,7 @@ impl Session {
             data: req.data.clone().unwrap_or(Value::Null),
             from: Some(self.claims.sub.clone()),
             born: Instant::now(),
+            origin_ms: None,
         };
         let ack = ConnAck {
             shard: self.shard.id,

@@ -77,6 +77,13 @@ pub async fn run(
     let metrics = node.metrics.shards[id].clone();
     let peers = Peers::start(senders, id, metrics.clone());
     let cfg = &node.config;
+    let (kafka, from_kafka) = match &node.kafka {
+        Some(stats) => {
+            let (io, rx) = crate::kafka::spawn(id, node.shards, cfg, stats.clone())?;
+            (Some(io), Some(rx))
+        }
+        None => (None, None),
+    };
     let router = Router::new(
         RouterConfig {
             shard: id,
@@ -88,6 +95,7 @@ pub async fn run(
         },
         peers,
         metrics.clone(),
+        kafka,
     );
     let shard = Rc::new(Shard {
         id,
@@ -106,6 +114,17 @@ pub async fn run(
         glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
                 shard.router.on_mesh(msg);
+            }
+        })
+        .detach();
+    }
+
+    if let Some(mut rx) = from_kafka {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(item) = rx.recv().await {
+                shard.router.on_kafka(item);
+                glommio::yield_if_needed().await;
             }
         })
         .detach();

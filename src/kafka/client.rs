@@ -1,0 +1,169 @@
+//! rskafka client set-up and a producer that partitions keyed records the way Kafka's default
+//! partitioner does, so the gateway's records and other producers' land in the same partition.
+
+use crate::config::KafkaConfig;
+use anyhow::{anyhow, Context, Result};
+use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::Record;
+use rskafka::BackoffConfig;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// rskafka retries internally; a deadline makes a lost broker surface as an error we can report.
+fn backoff() -> BackoffConfig {
+    BackoffConfig {
+        init_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(1),
+        base: 2.0,
+        deadline: Some(Duration::from_secs(3)),
+    }
+}
+
+pub async fn connect(cfg: &KafkaConfig) -> Result<Client> {
+    ClientBuilder::new(cfg.brokers.clone())
+        .client_id(cfg.client_id.clone())
+        .backoff_config(backoff())
+        .build()
+        .await
+        .map_err(|e| anyhow!("connecting to Kafka {:?}: {e}", cfg.brokers))
+}
+
+pub async fn partition_client(client: &Client, topic: &str, p: i32) -> Result<PartitionClient> {
+    client
+        .partition_client(topic, p, UnknownTopicHandling::Error)
+        .await
+        .map_err(|e| anyhow!("partition {topic}/{p}: {e}"))
+}
+
+/// Kafka's murmur2 (as in the Java client's default partitioner).
+pub fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition Kafka's default partitioner picks for `key`.
+pub fn partition_for(key: &[u8], partitions: usize) -> i32 {
+    ((murmur2(key) & 0x7fff_ffff) as usize % partitions.max(1)) as i32
+}
+
+/// Produces to any topic. Used by the Kafka I/O threads and the admin thread; its caches are
+/// locked only for a look-up, never across a request.
+pub struct Producer {
+    client: Arc<Client>,
+    partitions: Mutex<HashMap<String, usize>>,
+    clients: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
+    round_robin: AtomicUsize,
+}
+
+impl Producer {
+    pub fn new(client: Arc<Client>) -> Producer {
+        Producer {
+            client,
+            partitions: Mutex::default(),
+            clients: Mutex::default(),
+            round_robin: AtomicUsize::new(0),
+        }
+    }
+
+    async fn partition_count(&self, topic: &str) -> Result<usize> {
+        if let Some(n) = lock(&self.partitions).get(topic) {
+            return Ok(*n);
+        }
+        let topics = self
+            .client
+            .list_topics()
+            .await
+            .map_err(|e| anyhow!("listing topics: {e}"))?;
+        let n = topics
+            .iter()
+            .find(|t| t.name == topic)
+            .map(|t| t.partitions.len())
+            .filter(|n| *n > 0)
+            .with_context(|| format!("topic {topic} does not exist"))?;
+        lock(&self.partitions).insert(topic.to_string(), n);
+        Ok(n)
+    }
+
+    async fn client_for(&self, topic: &str, p: i32) -> Result<Arc<PartitionClient>> {
+        let key = (topic.to_string(), p);
+        if let Some(c) = lock(&self.clients).get(&key) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(partition_client(&self.client, topic, p).await?);
+        lock(&self.clients).insert(key, c.clone());
+        Ok(c)
+    }
+
+    /// Produces one record; answers with its partition and offset once the broker has it.
+    pub async fn produce(&self, topic: &str, record: Record) -> Result<(i32, i64)> {
+        let n = self.partition_count(topic).await?;
+        let p = match &record.key {
+            Some(k) => partition_for(k, n),
+            None => (self.round_robin.fetch_add(1, Ordering::Relaxed) % n) as i32,
+        };
+        let client = self.client_for(topic, p).await?;
+        let offsets = client
+            .produce(vec![record], Compression::NoCompression)
+            .await
+            .map_err(|e| {
+                // A changed partition count or leader is re-read next time.
+                lock(&self.partitions).remove(topic);
+                anyhow!("producing to {topic}/{p}: {e}")
+            })?;
+        let offset = offsets
+            .first()
+            .copied()
+            .context("the broker acknowledged no offset")?;
+        Ok((p, offset))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Kafka's UtilsTest vectors.
+        assert_eq!(murmur2(b"21"), -973932308);
+        assert_eq!(murmur2(b"foobar"), -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58897971
+        );
+        assert_eq!(murmur2(b"abc"), 479470107);
+    }
+}

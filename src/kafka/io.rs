@@ -1,0 +1,459 @@
+//! A shard's Kafka I/O thread: connects (and keeps retrying), discovers the shard's partitions,
+//! runs one consumer task per partition, produces client publishes, and reads old records back for
+//! `since`, with concurrent reads of one partition sharing one pass over it.
+
+use super::client::{self, Producer};
+use super::decode::{decode, Reject};
+use super::handoff;
+use super::stats::KafkaStats;
+use super::{format_pos, stream_id, Batch, Command, Decoded, FromKafka, KafkaIo, Stream};
+use crate::config::{Config, KafkaConfig, StartFrom};
+use anyhow::{anyhow, Result};
+use rskafka::client::error::{Error as KError, ProtocolError};
+use rskafka::client::partition::{OffsetAt, PartitionClient};
+use rskafka::client::Client;
+use rskafka::record::Record;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::spawn_local;
+
+const COMMAND_QUEUE: usize = 4096;
+/// Batches in flight to the shard; when full, fetching pauses.
+const HANDOFF_BATCHES: usize = 256;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+struct Ctx {
+    shard: usize,
+    shards: usize,
+    cfg: KafkaConfig,
+    topics: Arc<Vec<String>>,
+    max_channel_len: usize,
+    stats: Arc<KafkaStats>,
+    out: mpsc::Sender<FromKafka>,
+}
+
+/// Set once the broker has been reached.
+type Connected = (Arc<Client>, Arc<Producer>);
+
+struct ReadReq {
+    token: u64,
+    channel: Arc<str>,
+    from: i64,
+    to: i64,
+}
+
+/// Starts the Kafka I/O thread of `shard`; returns the shard's handle and the receiving end of the
+/// hand-over.
+pub fn spawn(
+    shard: usize,
+    shards: usize,
+    config: &Config,
+    stats: Arc<KafkaStats>,
+) -> Result<(KafkaIo, handoff::Receiver<FromKafka>)> {
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (handoff_tx, handoff_rx) = handoff::channel(HANDOFF_BATCHES);
+    let topics = Arc::new(config.kafka.consumed_topics());
+    let io = KafkaIo {
+        commands: cmd_tx,
+        topics: topics.clone(),
+        upstream: config.kafka.upstream_topic.clone(),
+    };
+    let cfg = config.kafka.clone();
+    let max_channel_len = config.limits.max_channel_len;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("kafka-{shard}"))
+        .spawn(move || {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                // Many tasks produce for the shard; one forwards into the single-producer ring.
+                let (out, mut out_rx) = mpsc::channel::<FromKafka>(64);
+                let mut handoff_tx = handoff_tx;
+                spawn_local(async move {
+                    while let Some(item) = out_rx.recv().await {
+                        if handoff_tx.send(item).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let ctx = Rc::new(Ctx {
+                    shard,
+                    shards,
+                    cfg,
+                    topics,
+                    max_channel_len,
+                    stats,
+                    out,
+                });
+                run(ctx, cmd_rx).await;
+            });
+        })?;
+    Ok((io, handoff_rx))
+}
+
+async fn run(ctx: Rc<Ctx>, mut commands: mpsc::Receiver<Command>) {
+    let connected: Rc<RefCell<Option<Connected>>> = Rc::default();
+    {
+        let (ctx, connected) = (ctx.clone(), connected.clone());
+        spawn_local(async move {
+            let mut backoff = Duration::from_millis(100);
+            let client = loop {
+                match client::connect(&ctx.cfg).await {
+                    Ok(c) => break Arc::new(c),
+                    Err(e) => {
+                        tracing::warn!(shard = ctx.shard, error = %e, "Kafka unavailable; retrying");
+                        ctx.stats.set_up(ctx.shard, false, Some(e.to_string()));
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            };
+            ctx.stats.set_up(ctx.shard, true, None);
+            tracing::info!(shard = ctx.shard, "connected to Kafka");
+            let producer = Arc::new(Producer::new(client.clone()));
+            *connected.borrow_mut() = Some((client.clone(), producer.clone()));
+            discover(ctx, client, producer).await;
+        });
+    }
+    let mut readers: HashMap<Stream, mpsc::UnboundedSender<ReadReq>> = HashMap::new();
+    while let Some(cmd) = commands.recv().await {
+        let Some((client, producer)) = connected.borrow().clone() else {
+            let token = match cmd {
+                Command::Produce { token, .. } | Command::Read { token, .. } => token,
+            };
+            let err = "Kafka is not connected".to_string();
+            let item = match cmd {
+                Command::Produce { .. } => FromKafka::Produced {
+                    token,
+                    result: Err(err),
+                },
+                Command::Read { .. } => FromKafka::Read {
+                    token,
+                    result: Err(err),
+                },
+            };
+            let _ = ctx.out.send(item).await;
+            continue;
+        };
+        match cmd {
+            Command::Produce {
+                token,
+                topic,
+                record,
+            } => {
+                let ctx = ctx.clone();
+                spawn_local(async move {
+                    let started = Instant::now();
+                    let result = producer
+                        .produce(&topic, record)
+                        .await
+                        .map(|(p, o)| format_pos(&topic, p, o))
+                        .map_err(|e| format!("{e:#}"));
+                    ctx.stats.produce_latency(started.elapsed());
+                    let _ = ctx.out.send(FromKafka::Produced { token, result }).await;
+                });
+            }
+            Command::Read {
+                token,
+                stream,
+                channel,
+                from,
+                to,
+            } => {
+                let tx = readers.entry(stream).or_insert_with(|| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    spawn_local(reader(ctx.clone(), client.clone(), stream, rx));
+                    tx
+                });
+                let _ = tx.send(ReadReq {
+                    token,
+                    channel,
+                    from,
+                    to,
+                });
+            }
+        }
+    }
+}
+
+/// Finds the shard's partitions of every consumed topic, now and every `metadata_refresh_ms`.
+async fn discover(ctx: Rc<Ctx>, client: Arc<Client>, producer: Arc<Producer>) {
+    let mut running: HashSet<Stream> = HashSet::new();
+    let mut missing_reported: HashSet<usize> = HashSet::new();
+    loop {
+        match client.list_topics().await {
+            Ok(found) => {
+                for (ti, name) in ctx.topics.iter().enumerate() {
+                    let Some(t) = found.iter().find(|t| &t.name == name) else {
+                        if missing_reported.insert(ti) {
+                            tracing::warn!(topic = %name, "consumed topic does not exist (yet)");
+                        }
+                        continue;
+                    };
+                    for p in &t.partitions {
+                        let mine = (*p as usize) % ctx.shards == ctx.shard;
+                        if mine && running.insert(stream_id(ti, *p)) {
+                            tracing::info!(shard = ctx.shard, topic = %name, partition = p, "consuming");
+                            let (ctx, client, producer) =
+                                (ctx.clone(), client.clone(), producer.clone());
+                            spawn_local(consume(ctx, client, producer, ti, *p));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                ctx.stats
+                    .set_up(ctx.shard, false, Some(format!("listing topics: {e}")));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(ctx.cfg.metadata_refresh_ms)).await;
+    }
+}
+
+async fn retry<T, F, Fut>(ctx: &Ctx, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::warn!(shard = ctx.shard, error = %format!("{e:#}"), "{what}; retrying");
+                ctx.stats
+                    .set_up(ctx.shard, false, Some(format!("{what}: {e:#}")));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// The high watermark, read from a fetch (some brokers answer ListOffsets(Latest) wrongly).
+async fn high_watermark(pc: &PartitionClient, max_bytes: i32) -> Result<i64> {
+    let earliest = pc.get_offset(OffsetAt::Earliest).await?;
+    let (_, hwm) = pc.fetch_records(earliest, 1..max_bytes, 0).await?;
+    Ok(hwm)
+}
+
+async fn consume(ctx: Rc<Ctx>, client: Arc<Client>, producer: Arc<Producer>, ti: usize, p: i32) {
+    let topic: Arc<str> = Arc::from(ctx.topics[ti].as_str());
+    let stream = stream_id(ti, p);
+    let stats = ctx.stats.partition(&topic, p);
+    let max_bytes = ctx.cfg.fetch_max_bytes;
+    let pc = retry(&ctx, "opening partition", || {
+        client::partition_client(&client, &topic, p)
+    })
+    .await;
+    let start = retry(&ctx, "reading the start offset", || async {
+        Ok(match ctx.cfg.start_from {
+            StartFrom::Latest => high_watermark(&pc, max_bytes).await?,
+            StartFrom::Earliest => pc.get_offset(OffsetAt::Earliest).await?,
+        })
+    })
+    .await;
+    let mut next = start;
+    let first = Batch {
+        stream,
+        topic: topic.clone(),
+        partition: p,
+        msgs: Vec::new(),
+        next,
+    };
+    if ctx.out.send(FromKafka::Records(first)).await.is_err() {
+        return;
+    }
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match pc
+            .fetch_records(next, 1..max_bytes, ctx.cfg.fetch_max_wait_ms)
+            .await
+        {
+            Ok((records, hwm)) => {
+                backoff = Duration::from_millis(100);
+                ctx.stats.set_up(ctx.shard, true, None);
+                let mut msgs = Vec::new();
+                for r in records {
+                    // Records before `next` (the head of a batch, or a repeat) were handled.
+                    if r.offset < next {
+                        continue;
+                    }
+                    next = r.offset + 1;
+                    stats.consumed.inc();
+                    match decode(&r.record, ctx.max_channel_len) {
+                        Ok(publish) => msgs.push(Decoded {
+                            offset: r.offset,
+                            publish,
+                        }),
+                        Err(rej) => {
+                            dead_letter(&ctx, &producer, &topic, p, r.offset, r.record, rej).await
+                        }
+                    }
+                }
+                stats.fetched(next, hwm);
+                if !msgs.is_empty() {
+                    let batch = Batch {
+                        stream,
+                        topic: topic.clone(),
+                        partition: p,
+                        msgs,
+                        next,
+                    };
+                    // Waits while the shard's ring is full: fetching pauses, nothing is dropped.
+                    if ctx.out.send(FromKafka::Records(batch)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(KError::ServerError {
+                protocol_error: ProtocolError::OffsetOutOfRange,
+                ..
+            }) => {
+                // Retention removed what we were about to read: continue from the oldest kept.
+                match pc.get_offset(OffsetAt::Earliest).await {
+                    Ok(earliest) if earliest > next => {
+                        tracing::warn!(topic = %topic, partition = p, from = next, to = earliest, "records expired before they were read");
+                        next = earliest;
+                    }
+                    _ => tokio::time::sleep(backoff).await,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(shard = ctx.shard, topic = %topic, partition = p, error = %e, "fetch failed; retrying from offset {next}");
+                ctx.stats
+                    .set_up(ctx.shard, false, Some(format!("fetching {topic}/{p}: {e}")));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+async fn dead_letter(
+    ctx: &Ctx,
+    producer: &Producer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    mut record: Record,
+    rej: Reject,
+) {
+    ctx.stats.dead_lettered(rej.reason);
+    tracing::warn!(topic, partition, offset, reason = rej.reason, detail = %rej.detail, "unroutable record");
+    let Some(dlq) = &ctx.cfg.dead_letter_topic else {
+        return;
+    };
+    let headers = [
+        ("gateway-error", rej.reason.to_string()),
+        ("gateway-error-detail", rej.detail),
+        ("gateway-source", format!("{topic}:{partition}:{offset}")),
+    ];
+    for (k, v) in headers {
+        record.headers.insert(k.to_string(), v.into_bytes());
+    }
+    if let Err(e) = producer.produce(dlq, record).await {
+        tracing::warn!(error = %format!("{e:#}"), "could not write to the dead-letter topic");
+    }
+}
+
+/// Serves `since` reads of one partition; requests that arrive during a pass wait for the next
+/// pass, which covers all of them at once.
+async fn reader(
+    ctx: Rc<Ctx>,
+    client: Arc<Client>,
+    stream: Stream,
+    mut rx: mpsc::UnboundedReceiver<ReadReq>,
+) {
+    let ti = (stream >> 32) as usize;
+    let p = super::stream_partition(stream);
+    let topic = ctx.topics[ti].clone();
+    let mut pc: Option<PartitionClient> = None;
+    while let Some(first) = rx.recv().await {
+        let mut reqs = vec![first];
+        while let Ok(r) = rx.try_recv() {
+            reqs.push(r);
+        }
+        let from = reqs.iter().map(|r| r.from).min().unwrap_or(0);
+        let to = reqs.iter().map(|r| r.to).max().unwrap_or(0);
+        if pc.is_none() {
+            pc = client::partition_client(&client, &topic, p).await.ok();
+        }
+        let result = match &pc {
+            Some(pc) => read_range(&ctx, pc, from, to).await,
+            None => Err(anyhow!("partition {topic}/{p} unavailable")),
+        };
+        for r in reqs {
+            let result = match &result {
+                Ok(all) => Ok(all
+                    .iter()
+                    .filter(|d| d.offset >= r.from && d.offset < r.to)
+                    .filter(|d| d.publish.channel == *r.channel)
+                    .map(|d| Decoded {
+                        offset: d.offset,
+                        publish: d.publish.clone(),
+                    })
+                    .collect()),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            let token = r.token;
+            if ctx
+                .out
+                .send(FromKafka::Read { token, result })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Records `from..to` of a partition, decoded (undecodable ones were dead-lettered when consumed).
+async fn read_range(ctx: &Ctx, pc: &PartitionClient, from: i64, to: i64) -> Result<Vec<Decoded>> {
+    let mut out = Vec::new();
+    let mut cur = from;
+    // Some brokers return nothing for an offset inside a batch: step back until the batch shows.
+    let mut back = 0i64;
+    while cur < to {
+        let (records, hwm) = pc
+            .fetch_records((cur - back).max(0), 1..ctx.cfg.fetch_max_bytes, 0)
+            .await?;
+        let mut progressed = false;
+        let beyond = records.iter().any(|r| r.offset >= to);
+        for r in records {
+            if r.offset < cur || r.offset >= to {
+                continue;
+            }
+            progressed = true;
+            cur = r.offset + 1;
+            if let Ok(publish) = decode(&r.record, ctx.max_channel_len) {
+                out.push(Decoded {
+                    offset: r.offset,
+                    publish,
+                });
+            }
+        }
+        if out.len() > ctx.cfg.recovery_max_records {
+            return Err(anyhow!(
+                "more than {} records to read back",
+                ctx.cfg.recovery_max_records
+            ));
+        }
+        if progressed {
+            back = 0;
+            continue;
+        }
+        if beyond || hwm <= cur || back >= cur {
+            break;
+        }
+        back = if back == 0 { 1 } else { back * 2 };
+    }
+    Ok(out)
+}
