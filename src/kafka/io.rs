@@ -123,7 +123,9 @@ async fn run(ctx: Rc<Ctx>, mut commands: mpsc::Receiver<Command>) {
     }
     let mut readers: HashMap<Stream, mpsc::UnboundedSender<ReadReq>> = HashMap::new();
     while let Some(cmd) = commands.recv().await {
-        let Some((client, producer)) = connected.borrow().clone() else {
+        // Cloned out first: the borrow must not live across the await below.
+        let current = connected.borrow().clone();
+        let Some((client, producer)) = current else {
             let token = match cmd {
                 Command::Produce { token, .. } | Command::Read { token, .. } => token,
             };
