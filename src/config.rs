@@ -67,6 +67,9 @@ pub struct KafkaConfig {
     /// Records scanned at most to answer one `since` from the broker.
     pub recovery_max_records: usize,
     pub client_id: String,
+    /// If > 0, missing topics are created with this many partitions when the gateway connects
+    /// (for development; production topics are usually created by their owners).
+    pub create_topics_partitions: i32,
 }
 
 impl Default for KafkaConfig {
@@ -82,6 +85,7 @@ impl Default for KafkaConfig {
             metadata_refresh_ms: 10_000,
             recovery_max_records: 100_000,
             client_id: "gateway".into(),
+            create_topics_partitions: 0,
         }
     }
 }

@@ -111,6 +111,9 @@ struct ServeArgs {
     /// How often partitions added later are picked up.
     #[arg(long)]
     kafka_metadata_refresh_ms: Option<u64>,
+    /// Create missing topics with this many partitions (development).
+    #[arg(long)]
+    kafka_create_topics_partitions: Option<i32>,
 }
 
 #[derive(Args)]
@@ -210,6 +213,11 @@ impl ServeArgs {
             &mut o,
             "kafka.metadata_refresh_ms",
             self.kafka_metadata_refresh_ms,
+        );
+        set(
+            &mut o,
+            "kafka.create_topics_partitions",
+            self.kafka_create_topics_partitions,
         );
         o
     }

@@ -116,6 +116,9 @@ async fn run(ctx: Rc<Ctx>, mut commands: mpsc::Receiver<Command>) {
             };
             ctx.stats.set_up(ctx.shard, true, None);
             tracing::info!(shard = ctx.shard, "connected to Kafka");
+            if ctx.shard == 0 && ctx.cfg.create_topics_partitions > 0 {
+                create_missing_topics(&ctx, &client).await;
+            }
             let producer = Arc::new(Producer::new(client.clone()));
             *connected.borrow_mut() = Some((client.clone(), producer.clone()));
             discover(ctx, client, producer).await;
@@ -180,6 +183,28 @@ async fn run(ctx: Rc<Ctx>, mut commands: mpsc::Receiver<Command>) {
                     to,
                 });
             }
+        }
+    }
+}
+
+/// Creates the consumed and dead-letter topics that do not exist yet (development convenience).
+async fn create_missing_topics(ctx: &Ctx, client: &Client) {
+    let existing: HashSet<String> = match client.list_topics().await {
+        Ok(t) => t.into_iter().map(|t| t.name).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list topics to create missing ones");
+            return;
+        }
+    };
+    let Ok(controller) = client.controller_client() else {
+        return;
+    };
+    let wanted = ctx.topics.iter().chain(ctx.cfg.dead_letter_topic.iter());
+    for topic in wanted.filter(|t| !existing.contains(*t)) {
+        let n = ctx.cfg.create_topics_partitions;
+        match controller.create_topic(topic, n, 1, 5_000).await {
+            Ok(()) => tracing::info!(topic = %topic, partitions = n, "created topic"),
+            Err(e) => tracing::warn!(topic = %topic, error = %e, "could not create topic"),
         }
     }
 }
