@@ -406,7 +406,7 @@ impl Router {
         let topic = self
             .kafka
             .as_ref()
-            .and_then(|k| k.topics.get((stream >> 32) as usize));
+            .and_then(|k| k.topics.get(kafka::stream_topic_index(stream)));
         let Some(topic) = topic else {
             return Vec::new();
         };

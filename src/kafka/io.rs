@@ -398,7 +398,7 @@ async fn reader(
     stream: Stream,
     mut rx: mpsc::UnboundedReceiver<ReadReq>,
 ) {
-    let ti = (stream >> 32) as usize;
+    let ti = super::stream_topic_index(stream);
     let p = super::stream_partition(stream);
     let topic = ctx.topics[ti].clone();
     let mut pc: Option<PartitionClient> = None;
@@ -446,14 +446,27 @@ async fn reader(
 async fn read_range(ctx: &Ctx, pc: &PartitionClient, from: i64, to: i64) -> Result<Vec<Decoded>> {
     let mut out = Vec::new();
     let mut cur = from;
-    // Some brokers return nothing for an offset inside a batch: step back until the batch shows.
+    // Some brokers, asked for an offset inside a record batch, answer with the batches after it (or
+    // nothing): only an answer that reaches back to `cur` is complete, else ask from earlier.
     let mut back = 0i64;
+    let mut stalls = 0;
     while cur < to {
-        let (records, hwm) = pc
-            .fetch_records((cur - back).max(0), 1..ctx.cfg.fetch_max_bytes, 0)
-            .await?;
+        stalls += 1;
+        if stalls > 64 {
+            // Offsets missing for good (compaction, transaction markers): what was read is all.
+            break;
+        }
+        let at = (cur - back).max(0);
+        let (records, hwm) = pc.fetch_records(at, 1..ctx.cfg.fetch_max_bytes, 0).await?;
+        let covers = records.iter().any(|r| r.offset <= cur);
+        if !covers && at > 0 {
+            if records.is_empty() && hwm <= cur {
+                break;
+            }
+            back = if back == 0 { 1 } else { back * 2 };
+            continue;
+        }
         let mut progressed = false;
-        let beyond = records.iter().any(|r| r.offset >= to);
         for r in records {
             if r.offset < cur || r.offset >= to {
                 continue;
@@ -473,14 +486,16 @@ async fn read_range(ctx: &Ctx, pc: &PartitionClient, from: i64, to: i64) -> Resu
                 ctx.cfg.recovery_max_records
             ));
         }
-        if progressed {
-            back = 0;
-            continue;
-        }
-        if beyond || hwm <= cur || back >= cur {
+        if !progressed {
+            // An earlier batch only (the answer was cut at the size limit): ask at `cur` itself.
+            if back > 0 && hwm > cur {
+                back = 0;
+                continue;
+            }
             break;
         }
-        back = if back == 0 { 1 } else { back * 2 };
+        back = 0;
+        stalls = 0;
     }
     Ok(out)
 }

@@ -17,15 +17,20 @@ pub use io::spawn;
 use crate::message::Publish;
 use std::sync::Arc;
 
-/// Identifies a partition of a consumed topic inside the process: topic index << 32 | partition.
+/// Identifies a partition of a consumed topic inside the process: (topic index + 1) << 32 |
+/// partition. Never 0, which is the in-process bus's sequence.
 pub type Stream = u64;
 
 pub fn stream_id(topic_index: usize, partition: i32) -> Stream {
-    ((topic_index as u64) << 32) | (partition as u32 as u64)
+    ((topic_index as u64 + 1) << 32) | (partition as u32 as u64)
 }
 
 pub fn stream_partition(stream: Stream) -> i32 {
     (stream & 0xffff_ffff) as i32
+}
+
+pub fn stream_topic_index(stream: Stream) -> usize {
+    ((stream >> 32) as usize).saturating_sub(1)
 }
 
 /// `pos` of a record: `<topic>:<partition>:<offset, zero-padded>`.
@@ -117,5 +122,7 @@ mod tests {
         assert_eq!(parse_pos("t:x:1"), None);
         assert_eq!(parse_pos("1a-000001"), None);
         assert_eq!(stream_partition(stream_id(3, 7)), 7);
+        assert_eq!(stream_topic_index(stream_id(3, 7)), 3);
+        assert_ne!(stream_id(0, 0), 0, "0 is the in-process bus");
     }
 }
