@@ -1,0 +1,527 @@
+//! loadgen: drives the gateway (or Nchan) with tens of thousands of WebSocket connections spread over
+//! rooms, publishes open-loop at a fixed rate, and reports HDR latency histograms.
+//!
+//! The main process spawns worker processes (each holds its share of the sockets, under its own
+//! RLIMIT_NOFILE), runs the publisher, then merges the workers' histograms and counts.
+
+mod publish;
+mod report;
+mod stats;
+mod worker;
+mod ws;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use worker::{Server, WorkerCfg};
+
+/// Load generator for the WebSocket push gateway (and Nchan, for side-by-side runs).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// WebSocket URL: ws://HOST:PORT/ws for the gateway, ws://HOST:PORT/sub for Nchan.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// Which server is measured.
+    #[arg(long, value_enum, default_value_t = Server::Gateway)]
+    server: Server,
+    /// Connections to open.
+    #[arg(long, default_value_t = 1000)]
+    conns: usize,
+    /// New connections per second while ramping up.
+    #[arg(long, default_value_t = 2000.0)]
+    ramp: f64,
+    /// Rooms; connection i joins room i % rooms (room size = conns / rooms).
+    #[arg(long, default_value_t = 10)]
+    rooms: usize,
+    #[arg(long, default_value = "room_")]
+    room_prefix: String,
+    /// HS256 secret to mint one token per connection (sub = <sub-prefix><i>).
+    #[arg(long, default_value = gateway::config::DEV_JWT_SECRET)]
+    secret: String,
+    /// Read tokens from this file instead (one per line, used round-robin).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    #[arg(long, default_value = "lg")]
+    sub_prefix: String,
+    /// Worker processes (default: enough to stay under RLIMIT_NOFILE).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Source addresses to spread connections over, e.g. 127.0.0.1,127.0.0.2 (more ephemeral ports).
+    #[arg(long, value_delimiter = ',')]
+    source_ips: Vec<IpAddr>,
+    /// How to publish: http (gateway admin API), ws (publish frames), kafka, nchan, none.
+    #[arg(long, value_enum)]
+    publish: Option<publish::Mode>,
+    /// For http: the gateway's admin listener; for nchan: the Nchan HTTP address.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    publish_addr: String,
+    /// Bearer key for http publishing.
+    #[arg(long, default_value = gateway::config::DEV_API_KEY)]
+    api_key: String,
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9092")]
+    kafka_brokers: Vec<String>,
+    #[arg(long, default_value = "gateway.push")]
+    kafka_topic: String,
+    /// Messages per second over all rooms (open loop).
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds between ramp-up and publishing.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Seconds to wait after publishing for the last deliveries.
+    #[arg(long, default_value_t = 2.0)]
+    drain: f64,
+    /// Padding bytes per message payload.
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    #[arg(long, default_value_t = 10_000)]
+    connect_timeout_ms: u64,
+    /// Report the server's CPU time (utime+stime from /proc) per delivered message.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Write summary.json, the .hgrm files and latency.svg here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("worker") {
+        if let Err(e) = worker::main() {
+            eprintln!("loadgen worker: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("loadgen: error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+/// ws://host:port/path -> (address, host header, path).
+fn parse_url(url: &str) -> Result<(SocketAddr, String, String)> {
+    let rest = url
+        .strip_prefix("ws://")
+        .with_context(|| format!("--url must start with ws:// (got {url:?})"))?;
+    let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let addr = hostport
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {hostport:?} in --url"))?
+        .next()
+        .with_context(|| format!("no address for {hostport:?}"))?;
+    Ok((addr, hostport.to_string(), format!("/{path}")))
+}
+
+fn nofile() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_max as usize
+}
+
+fn proc_cpu(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let tick = 100.0; // USER_HZ on Linux
+    Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / tick)
+}
+
+fn mint(
+    secret: &str,
+    sub: &str,
+    channels: Vec<String>,
+    publish: Option<Vec<String>>,
+) -> Result<String> {
+    let claims = gateway::auth::Claims {
+        sub: sub.to_string(),
+        exp: gateway::message::now_ms() / 1000 + 24 * 3600,
+        nbf: None,
+        channels: Some(channels),
+        publish,
+    };
+    gateway::auth::mint_hs256(secret, &claims)
+}
+
+enum Event {
+    Line(usize, Value),
+    Exit(usize),
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+}
+
+fn run(args: Args) -> Result<()> {
+    if args.conns == 0 || args.rooms == 0 || args.rate <= 0.0 || args.duration <= 0.0 {
+        bail!("--conns, --rooms, --rate and --duration must be positive");
+    }
+    let (addr, host, path) = parse_url(&args.url)?;
+    let mode = args.publish.unwrap_or(match args.server {
+        Server::Gateway => publish::Mode::Http,
+        Server::Nchan => publish::Mode::Nchan,
+    });
+    let tokens: Vec<String> = match (&args.token_file, args.server) {
+        (Some(f), _) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading --token-file {}", f.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+        (None, Server::Gateway) => {
+            let channels = vec![format!("{}*", args.room_prefix)];
+            (0..args.conns)
+                .map(|i| {
+                    mint(
+                        &args.secret,
+                        &format!("{}{i}", args.sub_prefix),
+                        channels.clone(),
+                        None,
+                    )
+                })
+                .collect::<Result<_>>()?
+        }
+        (None, Server::Nchan) => vec![String::new()],
+    };
+    if tokens.is_empty() {
+        bail!("--token-file has no tokens");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+
+    // Preflight: a clear error for a wrong URL, a refused token, a server that is not there.
+    let target = ws::Target {
+        addr,
+        host: host.clone(),
+    };
+    let probe_path = match args.server {
+        Server::Gateway => format!("{path}?token={}", tokens[0]),
+        Server::Nchan => format!("{path}?id={}0", args.room_prefix),
+    };
+    match local.block_on(&rt, ws::connect(&target, None, &probe_path)) {
+        Ok(_) => {}
+        Err(ws::ConnectError::Refused) => bail!("nothing is listening at {} ({addr})", args.url),
+        Err(ws::ConnectError::Http(401)) => {
+            bail!("the server refused the token (HTTP 401): check --secret or --token-file")
+        }
+        Err(ws::ConnectError::Http(404)) => bail!("no WebSocket endpoint at {path} on {addr}"),
+        Err(e) => bail!("test connection to {} failed: {}", args.url, e.label()),
+    }
+
+    let per_process = nofile().saturating_sub(200).max(100);
+    let workers = args
+        .workers
+        .unwrap_or(args.conns.div_ceil(per_process))
+        .max(1);
+    if args.conns.div_ceil(workers) > per_process {
+        bail!(
+            "{workers} workers cannot hold {} connections under RLIMIT_NOFILE {}",
+            args.conns,
+            nofile()
+        );
+    }
+    let (tx, rx) = mpsc::channel::<Event>();
+    let exe = std::env::current_exe()?;
+    let mut procs = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let cfg = WorkerCfg {
+            index,
+            workers,
+            server: args.server,
+            addr,
+            host: host.clone(),
+            path: path.clone(),
+            conns: args.conns,
+            rooms: args.rooms,
+            room_prefix: args.room_prefix.clone(),
+            ramp_per_sec: args.ramp,
+            tokens: tokens.clone(),
+            sources: args.source_ips.clone(),
+            connect_timeout_ms: args.connect_timeout_ms,
+        };
+        let mut child = Command::new(&exe)
+            .arg("worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting a worker process")?;
+        let mut stdin = child.stdin.take().context("worker stdin")?;
+        writeln!(stdin, "{}", serde_json::to_string(&cfg)?)?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    let _ = tx.send(Event::Line(index, v));
+                }
+            }
+            let _ = tx.send(Event::Exit(index));
+        });
+        procs.push(Worker { child, stdin });
+    }
+
+    // Ramp-up.
+    let quiet = args.json;
+    let bar = |len: u64, msg: &str| {
+        let b = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(len)
+        };
+        b.set_style(
+            ProgressStyle::with_template(
+                "{msg:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.set_message(msg.to_string());
+        b
+    };
+    let ramp_bar = bar(args.conns as u64, "connecting");
+    let mut attempted = vec![0u64; workers];
+    let mut ready = 0;
+    while ready < workers {
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(Event::Line(i, v)) => {
+                if let Some(p) = v.get("progress") {
+                    attempted[i] = p["attempted"].as_u64().unwrap_or(0);
+                    ramp_bar.set_position(attempted.iter().sum());
+                } else if v.get("ready").is_some() {
+                    ready += 1;
+                }
+            }
+            Ok(Event::Exit(i)) => bail!("worker {i} exited during ramp-up"),
+            Err(_) => bail!("ramp-up stalled (no progress for 120 s)"),
+        }
+    }
+    ramp_bar.finish();
+    std::thread::sleep(Duration::from_secs_f64(args.warmup));
+
+    // Publish.
+    let publish_addr = match mode {
+        publish::Mode::Ws => Some(addr),
+        publish::Mode::Http | publish::Mode::Nchan => Some(
+            args.publish_addr
+                .to_socket_addrs()
+                .with_context(|| format!("cannot resolve --publish-addr {}", args.publish_addr))?
+                .next()
+                .context("--publish-addr has no address")?,
+        ),
+        publish::Mode::Kafka => None,
+    };
+    let ws_token = if mode == publish::Mode::Ws {
+        let pattern = vec![format!("{}*", args.room_prefix)];
+        mint(
+            &args.secret,
+            "loadgen-publisher",
+            pattern.clone(),
+            Some(pattern),
+        )?
+    } else {
+        String::new()
+    };
+    let plan = publish::Plan {
+        mode,
+        rate: args.rate,
+        duration: Duration::from_secs_f64(args.duration),
+        rooms: args.rooms,
+        room_prefix: args.room_prefix.clone(),
+        payload_bytes: args.payload_bytes,
+        connections: args.publishers,
+        addr: publish_addr,
+        api_key: args.api_key.clone(),
+        ws_path: path.clone(),
+        ws_token,
+        kafka_brokers: args.kafka_brokers.clone(),
+        kafka_topic: args.kafka_topic.clone(),
+    };
+    let total = (args.rate * args.duration).round() as u64;
+    let pub_bar = bar(total, "publishing");
+    let server_cpu0 = args.server_pid.and_then(proc_cpu);
+    let started = Instant::now();
+    let sent = local.block_on(&rt, publish::run(&plan, |n| pub_bar.set_position(n)))?;
+    let publish_secs = started.elapsed().as_secs_f64();
+    pub_bar.finish();
+    std::thread::sleep(Duration::from_secs_f64(args.drain));
+    let server_cpu = args
+        .server_pid
+        .and_then(proc_cpu)
+        .zip(server_cpu0)
+        .map(|(b, a)| b - a);
+
+    // Stop and collect.
+    let per_room = serde_json::to_string(&sent.per_room)?;
+    for w in procs.iter_mut() {
+        let _ = writeln!(w.stdin, "stop {per_room}");
+    }
+    let mut results = Vec::new();
+    while results.len() < workers {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Event::Line(_, v)) => {
+                if let Some(r) = v.get("result") {
+                    results.push(serde_json::from_value::<stats::WorkerResult>(r.clone())?);
+                }
+            }
+            Ok(Event::Exit(i)) => bail!("worker {i} exited without a result"),
+            Err(_) => bail!("workers did not report within 60 s"),
+        }
+    }
+    for mut w in procs {
+        let _ = w.child.wait();
+    }
+    let merged = stats::merge(&results)?;
+    let mut last = stats::histogram();
+    for ((room, seq), due) in &sent.due_ns {
+        if let Some(t) = merged.last_rx.get(&(*room, *seq)) {
+            stats::record(&mut last, t.saturating_sub(*due) / 1000);
+        }
+    }
+    let members = |room: usize| (args.conns + args.rooms - 1 - room) / args.rooms;
+    let expected: u64 = sent
+        .per_room
+        .iter()
+        .map(|(room, n)| n * members(*room) as u64)
+        .sum();
+    let client_cpu = merged.worker_cpu_secs + worker::cpu_secs();
+    let summary = json!({
+        "server": format!("{:?}", args.server).to_lowercase(),
+        "url": args.url,
+        "publish": format!("{mode:?}").to_lowercase(),
+        "connections": {"requested": args.conns, "connected": merged.connected, "failed": merged.failed},
+        "rooms": args.rooms,
+        "rate": args.rate,
+        "duration_secs": args.duration,
+        "published": total,
+        "publish_errors": sent.errors,
+        "publish_first_error": sent.first_error,
+        "deliveries": merged.received,
+        "expected_deliveries": expected,
+        "deliveries_per_sec": merged.received as f64 / publish_secs,
+        "lost": merged.lost,
+        "duplicates": merged.duplicates,
+        "closes": merged.closes,
+        "latency": {
+            "connect": report::percentiles(&merged.connect),
+            "delivery": report::percentiles(&merged.delivery),
+            "last_member": report::percentiles(&last),
+        },
+        "client_cpu_secs": client_cpu,
+        "client_cpu_us_per_delivery": client_cpu * 1e6 / merged.received.max(1) as f64,
+        "server_cpu_secs": server_cpu,
+        "server_cpu_us_per_delivery": server_cpu.map(|c| c * 1e6 / merged.received.max(1) as f64),
+        "workers": workers,
+    });
+    let rows = [
+        ("connect + upgrade", &merged.connect),
+        ("delivery (send -> each)", &merged.delivery),
+        ("last member (per message)", &last),
+    ];
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("\n{}", report::table(&rows));
+        println!(
+            "connections {} of {} (failed: {:?}); published {} ({} errors); deliveries {} of {} expected, {:.0}/s; lost {}, duplicates {}; closes {:?}",
+            merged.connected, args.conns, merged.failed, total, sent.errors, merged.received,
+            expected, merged.received as f64 / publish_secs, merged.lost, merged.duplicates, merged.closes
+        );
+        if let Some(e) = &sent.first_error {
+            println!("first publish error: {e}");
+        }
+        print!(
+            "client CPU {client_cpu:.2} s ({:.2} us per delivery)",
+            client_cpu * 1e6 / merged.received.max(1) as f64
+        );
+        match server_cpu {
+            Some(c) => println!(
+                ", server CPU {c:.2} s ({:.2} us per delivery)",
+                c * 1e6 / merged.received.max(1) as f64
+            ),
+            None => println!(),
+        }
+    }
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(
+            dir.join("summary.json"),
+            serde_json::to_string_pretty(&summary)?,
+        )?;
+        for (name, h) in [
+            ("connect", &merged.connect),
+            ("delivery", &merged.delivery),
+            ("last_member", &last),
+        ] {
+            std::fs::write(dir.join(format!("{name}.hgrm")), report::hgrm(h))?;
+        }
+        let title = format!(
+            "{} conns, {} rooms, {}/s ({:?})",
+            args.conns, args.rooms, args.rate, args.server
+        );
+        report::plot(&dir.join("latency.svg"), &title, &rows[1..])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_errors_are_clear() {
+        let e = parse_url("http://x/ws").unwrap_err();
+        assert!(format!("{e:#}").contains("ws://"));
+        let e = parse_url("ws://no-such-host.invalid:1/ws").unwrap_err();
+        assert!(format!("{e:#}").contains("resolve"));
+        let (addr, host, path) = parse_url("ws://127.0.0.1:8080/sub").unwrap();
+        assert_eq!(
+            (addr.port(), host.as_str(), path.as_str()),
+            (8080, "127.0.0.1:8080", "/sub")
+        );
+    }
+
+    #[test]
+    fn argument_errors() {
+        let bad = Args::try_parse_from(["loadgen", "--conns", "many"]);
+        assert!(bad.is_err());
+        let bad = Args::try_parse_from(["loadgen", "--publish", "carrier-pigeon"]);
+        assert!(bad.is_err());
+        let ok = Args::try_parse_from([
+            "loadgen",
+            "--server",
+            "nchan",
+            "--url",
+            "ws://127.0.0.1:1/sub",
+        ])
+        .unwrap();
+        assert_eq!(ok.server, Server::Nchan);
+        let zero = Args::try_parse_from(["loadgen", "--conns", "0"]).unwrap();
+        assert!(format!("{:#}", run(zero).unwrap_err()).contains("positive"));
+    }
+}
