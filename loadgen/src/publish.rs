@@ -157,6 +157,7 @@ enum Sender {
         path_for: fn(&str) -> String,
         auth: String,
         buf: Vec<u8>,
+        room_prefix: String,
     },
     Ws {
         writer: tokio::net::tcp::OwnedWriteHalf,
@@ -190,6 +191,7 @@ impl Sender {
                     path_for,
                     auth,
                     buf: vec![0; 4096],
+                    room_prefix: plan.room_prefix.clone(),
                 })
             }
             Mode::Ws => {
@@ -245,8 +247,9 @@ impl Sender {
                 path_for,
                 auth,
                 buf,
+                room_prefix,
             } => {
-                let path = path_for(&room.to_string());
+                let path = path_for(&format!("{room_prefix}{room}"));
                 let req = format!(
                     "POST {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()

@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""The benchmark: scale series, Nchan side by side, throughput ceiling. One command:
+
+    python3 bench/run.py                       # everything, results in bench/results/
+    python3 bench/run.py --series 1000,5000 --servers gateway --no-ceiling   # a quick look
+
+It builds the release binaries, installs Nchan from Debian if needed, and for each server and size
+starts the server pinned to CPU 0 (the gateway with one shard, nginx with one worker) and `loadgen`
+pinned to CPU 1. Rooms have a fixed size and every connection receives a fixed number of messages
+per second, so the load grows with the connection count. Each run writes loadgen's summary.json,
+.hgrm files and latency.svg under bench/results/<server>-<conns>/; the script writes
+bench/results/summary.md (the table), summary.json and p99.svg (p99 against connection count).
+
+The throughput ceiling raises the per-connection rate at a fixed connection count until delivery p99
+goes over 50 ms (or messages are lost) and reports the highest rate that stayed under.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GATEWAY = os.path.join(ROOT, "target", "release", "gateway")
+LOADGEN = os.path.join(ROOT, "target", "release", "loadgen")
+SECRET = "bench-secret"
+API_KEY = "bench-key"
+GW_PORT, ADMIN_PORT, NCHAN_PORT = 18080, 19090, 18181
+P99_LIMIT_MS = 50.0
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def wait_port(port, timeout=10):
+    import socket
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+class Gateway:
+    name = "gateway"
+
+    def start(self, conns):
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", "0", GATEWAY, "serve", "--listen", f"127.0.0.1:{GW_PORT}",
+             "--admin-listen", f"127.0.0.1:{ADMIN_PORT}", "--shards", "1", "--jwt-secret", SECRET,
+             "--api-key", API_KEY, "--max-connections-per-user", "100000"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "GATEWAY_LOG": "warn"})
+        line = self.proc.stdout.readline()
+        if not line.startswith("gateway ready"):
+            raise RuntimeError(f"gateway did not start: {line!r}")
+        self.pid = self.proc.pid
+        return self.pid
+
+    def loadgen_args(self):
+        return ["--server", "gateway", "--url", f"ws://127.0.0.1:{GW_PORT}/ws", "--secret", SECRET,
+                "--publish", "http", "--publish-addr", f"127.0.0.1:{ADMIN_PORT}", "--api-key", API_KEY]
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Nchan:
+    name = "nchan"
+
+    def __init__(self, out):
+        self.dir = os.path.join(out, "nchan-run")
+
+    @staticmethod
+    def ensure_installed():
+        if shutil.which("nginx") and os.path.exists("/usr/lib/nginx/modules/ngx_nchan_module.so"):
+            return
+        print("installing Nchan from Debian (nginx-light libnginx-mod-nchan)...", file=sys.stderr)
+        sh(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL)
+        sh(["apt-get", "install", "-y", "-q", "nginx-light", "libnginx-mod-nchan"], stdout=subprocess.DEVNULL)
+        # Debian starts a system nginx on port 80; it is not ours.
+        subprocess.run(["nginx", "-s", "stop"], stderr=subprocess.DEVNULL)
+
+    def start(self, conns):
+        os.makedirs(os.path.join(self.dir, "body"), exist_ok=True)
+        with open(os.path.join(ROOT, "bench", "nchan.conf.in")) as f:
+            conf = f.read().replace("@DIR@", self.dir).replace("@PORT@", str(NCHAN_PORT))
+        self.conf = os.path.join(self.dir, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        sh(["taskset", "-c", "0", "nginx", "-c", self.conf, "-p", self.dir])
+        wait_port(NCHAN_PORT)
+        with open(os.path.join(self.dir, "nginx.pid")) as f:
+            master = int(f.read())
+        children = subprocess.check_output(["pgrep", "-P", str(master)], text=True).split()
+        self.pid = int(children[0])
+        return self.pid
+
+    def loadgen_args(self):
+        return ["--server", "nchan", "--url", f"ws://127.0.0.1:{NCHAN_PORT}/sub",
+                "--publish", "nchan", "--publish-addr", f"127.0.0.1:{NCHAN_PORT}"]
+
+    def stop(self):
+        subprocess.run(["nginx", "-c", self.conf, "-p", self.dir, "-s", "stop"], stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+
+
+def run_one(server, conns, room_size, per_conn_rate, duration, out):
+    """One loadgen run against a fresh server; returns loadgen's summary plus RSS figures."""
+    rooms = max(1, conns // room_size)
+    rate = rooms * per_conn_rate
+    pid = server.start(conns)
+    try:
+        time.sleep(0.5)
+        rss0 = rss_kib(pid)
+        peak = [rss0]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], rss_kib(pid))
+                time.sleep(0.2)
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        run_dir = os.path.join(out, f"{server.name}-{conns}-{per_conn_rate:g}")
+        cmd = ["taskset", "-c", "1", LOADGEN, *server.loadgen_args(), "--conns", str(conns),
+               "--rooms", str(rooms), "--rate", f"{rate:g}", "--duration", f"{duration:g}",
+               "--ramp", "5000", "--warmup", "2", "--drain", "2", "--server-pid", str(pid),
+               "--publishers", "8", "--json", "--out", run_dir]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 300)
+        stop.set()
+        t.join()
+        if res.returncode != 0:
+            raise RuntimeError(f"loadgen failed: {res.stderr.strip()[-500:]}")
+        summary = json.loads(res.stdout)
+        summary["server_rss_kib_idle"] = rss0
+        summary["server_rss_kib_peak"] = peak[0]
+        summary["server_rss_kib_per_conn"] = (peak[0] - rss0) / max(conns, 1)
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        return summary
+    finally:
+        server.stop()
+
+
+def row(s):
+    lat = s["latency"]["delivery"]
+    last = s["latency"]["last_member"]
+    return {
+        "server": s["server"],
+        "connections": s["connections"]["connected"],
+        "deliveries_per_sec": round(s["deliveries_per_sec"]),
+        "p50_ms": lat.get("p50_ms"),
+        "p99_ms": lat.get("p99_ms"),
+        "p999_ms": lat.get("p99.9_ms"),
+        "last_member_p99_ms": last.get("p99_ms"),
+        "lost": s["lost"],
+        "duplicates": s["duplicates"],
+        "rss_kib_per_conn": round(s["server_rss_kib_per_conn"], 2),
+        "server_cpu_us_per_delivery": round(s["server_cpu_us_per_delivery"] or 0, 2),
+        "client_cpu_us_per_delivery": round(s["client_cpu_us_per_delivery"], 2),
+    }
+
+
+def p99_svg(rows, path):
+    """p99 delivery latency against connections, one line per server (plain SVG, no dependencies)."""
+    w, h, m = 720, 420, 60
+    servers = sorted({r["server"] for r in rows})
+    xs = [r["connections"] for r in rows] or [1]
+    ys = [r["p99_ms"] or 0 for r in rows] or [1]
+    xmax, ymax = max(xs) * 1.05, max(max(ys) * 1.2, 1.0)
+    sx = lambda x: m + (w - 2 * m) * x / xmax  # noqa: E731
+    sy = lambda y: h - m - (h - 2 * m) * y / ymax  # noqa: E731
+    colors = {"gateway": "#1f77b4", "nchan": "#d62728"}
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+             f'<rect width="{w}" height="{h}" fill="white"/>',
+             f'<text x="{w / 2}" y="24" text-anchor="middle" font-size="16">p99 delivery latency vs connections</text>',
+             f'<line x1="{m}" y1="{h - m}" x2="{w - m}" y2="{h - m}" stroke="black"/>',
+             f'<line x1="{m}" y1="{m}" x2="{m}" y2="{h - m}" stroke="black"/>',
+             f'<text x="{w / 2}" y="{h - 15}" text-anchor="middle">connections</text>',
+             f'<text x="15" y="{h / 2}" transform="rotate(-90 15 {h / 2})" text-anchor="middle">p99 (ms)</text>']
+    for i in range(6):
+        yv = ymax * i / 5
+        parts.append(f'<text x="{m - 6}" y="{sy(yv) + 4}" text-anchor="end">{yv:.1f}</text>')
+        parts.append(f'<line x1="{m}" y1="{sy(yv)}" x2="{w - m}" y2="{sy(yv)}" stroke="#ddd"/>')
+    for x in sorted(set(xs)):
+        parts.append(f'<text x="{sx(x)}" y="{h - m + 16}" text-anchor="middle">{x}</text>')
+    for k, srv in enumerate(servers):
+        pts = sorted((r["connections"], r["p99_ms"] or 0) for r in rows if r["server"] == srv)
+        c = colors.get(srv, "black")
+        parts.append('<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>'.format(
+            c, " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)))
+        for x, y in pts:
+            parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c}"/>')
+        parts.append(f'<text x="{w - m - 80}" y="{m + 18 * k}" fill="{c}">{srv}</text>')
+    parts.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+
+
+def markdown(rows, title):
+    cols = ["server", "connections", "deliveries_per_sec", "p50_ms", "p99_ms", "p999_ms", "last_member_p99_ms",
+            "lost", "duplicates", "rss_kib_per_conn", "server_cpu_us_per_delivery", "client_cpu_us_per_delivery"]
+    out = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--series", default="1000,2000,5000,10000,max")
+    ap.add_argument("--servers", default="gateway,nchan")
+    ap.add_argument("--room-size", type=int, default=100)
+    ap.add_argument("--per-conn-rate", type=float, default=1.0, help="messages per second each connection receives")
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--ceiling-conns", type=int, default=5000)
+    ap.add_argument("--no-ceiling", action="store_true")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    args = ap.parse_args()
+    if os.cpu_count() < 2:
+        sys.exit("needs 2 CPUs: the server on one, loadgen on the other")
+    sh(["cargo", "build", "--release", "-p", "gateway", "-p", "loadgen"], cwd=ROOT)
+    os.makedirs(args.out, exist_ok=True)
+    servers = []
+    for name in args.servers.split(","):
+        if name == "gateway":
+            servers.append(Gateway())
+        elif name == "nchan":
+            Nchan.ensure_installed()
+            servers.append(Nchan(args.out))
+        else:
+            sys.exit(f"unknown server {name}")
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    biggest = (min(hard, 20000) - 500) // 100 * 100  # what one server process can hold here
+    sizes = [biggest if s == "max" else int(s) for s in args.series.split(",")]
+
+    rows, raw = [], []
+    for server in servers:
+        for n in sizes:
+            print(f"{server.name}: {n} connections...", file=sys.stderr)
+            s = run_one(server, n, args.room_size, args.per_conn_rate, args.duration, args.out)
+            raw.append(s)
+            rows.append(row(s))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+
+    ceiling = []
+    if not args.no_ceiling:
+        for server in servers:
+            best, rate = None, 2.0
+            while rate <= 256:
+                print(f"{server.name}: ceiling at {args.ceiling_conns} conns x {rate:g} msg/s...", file=sys.stderr)
+                s = run_one(server, args.ceiling_conns, args.room_size, rate, min(args.duration, 10), args.out)
+                r = row(s)
+                r["per_conn_rate"] = rate
+                ceiling.append(r)
+                ok = (r["p99_ms"] or 1e9) <= P99_LIMIT_MS and r["lost"] == 0 and s["publish_errors"] == 0
+                print(json.dumps(r), file=sys.stderr)
+                if not ok:
+                    break
+                best = r
+                rate *= 2
+            if best:
+                best["ceiling"] = True
+
+    p99_svg(rows, os.path.join(args.out, "p99.svg"))
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump({"series": rows, "ceiling": ceiling, "runs": raw}, f, indent=2)
+    md = markdown(rows, f"Scale series: rooms of {args.room_size}, {args.per_conn_rate:g} msg/s per connection, "
+                        f"{args.duration:g} s")
+    if ceiling:
+        md += "\n" + markdown(ceiling, f"Throughput ceiling: {args.ceiling_conns} connections, rate doubled until "
+                                        f"p99 > {P99_LIMIT_MS:g} ms")
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
