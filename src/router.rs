@@ -83,6 +83,9 @@ struct Waiting {
     member: Member,
     ack: Ack,
     since: Option<SinceState>,
+    /// This entry replaced one still waiting to go live as an automatic channel (a `since` on
+    /// `user:<sub>` before the welcome): going live also counts for the welcome.
+    automatic: bool,
 }
 
 struct SinceState {
@@ -540,6 +543,7 @@ impl Router {
             member,
             ack,
             since: since.map(SinceState::new),
+            automatic: false,
         };
         self.insert(&key, waiting);
         if let Some(sp) = since.filter(|s| s.stream != UNRECOVERABLE) {
@@ -575,7 +579,14 @@ impl Router {
         let ch = local.entry(key.clone()).or_default();
         let first = ch.count() == 0;
         let conn = w.member.conn.id;
-        let replaced = ch.members.remove(&conn).is_some() | ch.waiting.insert(conn, w).is_some();
+        let mut w = w;
+        let was_member = ch.members.remove(&conn).is_some();
+        let old = ch.waiting.remove(&conn);
+        if let Some(old) = &old {
+            w.automatic |= old.automatic || matches!(old.ack, Ack::Automatic);
+        }
+        ch.waiting.insert(conn, w);
+        let replaced = was_member || old.is_some();
         if !replaced {
             self.metrics.subscriptions.inc();
         }
@@ -621,6 +632,9 @@ impl Router {
 
     fn go_live(&self, key: &Arc<str>, w: Waiting) {
         let conn = w.member.conn.clone();
+        if w.automatic {
+            conn.automatic_channel_live();
+        }
         let mut recovered = None;
         if let Some(s) = w.since {
             let answer = if s.overflow { None } else { s.answer.flatten() };

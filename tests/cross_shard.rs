@@ -1,5 +1,8 @@
-//! Causality across shards: once a client has the `ok` reply to a subscribe, a message published
-//! afterwards must reach it, whichever shard it is on and however busy that shard is.
+//! Causality across shards. The gateway sends the `ok` reply to a subscribe only once the new member
+//! is live, that is once every other shard has acknowledged that this shard has a member of the
+//! channel; so a message published after the client has its `ok` reaches it, whichever shard owns the
+//! channel, whichever shard the client is on, and however busy that shard is. These tests publish
+//! right after the `ok`, with nothing in between to give the shards time.
 
 mod common;
 
@@ -74,30 +77,57 @@ fn publish_after_subscribe_reply_reaches_member_on_busy_non_owner_shard() {
     writer.join().expect("writer thread");
 }
 
-/// Same guarantee without a busy shard, repeated over many fresh channels and gateways: subscribe on
-/// the non-owner shard, publish as soon as the reply is in, expect the message.
+/// The same guarantee without a busy shard, for every combination of member shard and owner shard,
+/// over many fresh channels (the first member of a channel on a shard announces it to the other
+/// shards, which is where a reply sent too early would lose the message): subscribe, publish over
+/// HTTP as soon as the reply is in, expect the message. The publish request is written beforehand
+/// but for its last byte, so that it follows the reply as closely as possible. Then the last member
+/// leaves and subscribes again, so the channel is announced anew, and the same must hold.
 #[test]
-fn publish_after_subscribe_reply_reaches_member_on_non_owner_shard() {
-    let mut lost = Vec::new();
-    for round in 0..6 {
-        if !lost.is_empty() {
-            break;
-        }
-        let gw = Gateway::start_sharded(2, &[]);
-        let t = token("m", &["room_*"], &[]);
-        let mut c = gw.connect_on_shard(&t, 1);
-        for i in 0..5 {
-            let channel = channel_owned_by(&format!("room_{round}_{i}_"), 0, 2);
-            c.subscribe(&channel);
-            gw.publish(&json!({"channel": channel, "data": {"i": i}}));
-            match c.recv(WAIT) {
-                Recv::Json(m) => assert_eq!(m["channel"], channel.as_str(), "{m}"),
-                other => lost.push(format!("round {round} channel {channel}: {other:?}")),
+fn publish_after_subscribe_reply_reaches_member_for_every_owner_and_member_shard() {
+    const SHARDS: usize = 2;
+    const ROUNDS: usize = 20;
+    // 160 requests per connection in quick succession: above the default frame rate limit.
+    let gw = Gateway::start_sharded(
+        SHARDS,
+        &[
+            "--client-frames-per-sec",
+            "100000",
+            "--client-frames-burst",
+            "100000",
+        ],
+    );
+    let t = token("m", &["room_*"], &[]);
+    for member_shard in [0u64, 1] {
+        let mut c = gw.connect_on_shard(&t, member_shard);
+        for owner in 0..SHARDS {
+            for round in 0..ROUNDS {
+                let prefix = format!("room_m{member_shard}_o{owner}_r{round}_");
+                let channel = channel_owned_by(&prefix, owner, SHARDS);
+                for (attempt, what) in ["first subscribe", "subscribe after leaving"]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let publish =
+                        gw.prime_publish(&json!({"channel": channel, "data": {"a": attempt}}));
+                    c.subscribe(&channel);
+                    let r = publish.send();
+                    match c.recv(WAIT) {
+                        Recv::Json(m) => {
+                            assert_eq!(m["type"], "message", "{what} {channel}: {m}");
+                            assert_eq!(m["channel"], channel.as_str(), "{what}: {m}");
+                            assert_eq!(m["pos"], r["pos"], "{what} {channel}: {m}");
+                        }
+                        other => panic!(
+                            "member on shard {member_shard}, channel {channel} owned by shard \
+                             {owner}, round {round}, {what}: the message published after the \
+                             subscribe reply was lost ({other:?})"
+                        ),
+                    }
+                    c.unsubscribe(&channel);
+                }
             }
         }
+        c.expect_silence(QUIET);
     }
-    assert!(
-        lost.is_empty(),
-        "messages lost after the subscribe reply: {lost:#?}"
-    );
 }

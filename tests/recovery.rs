@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 const SHARDS: usize = 2;
 
 fn hist_token(sub: &str) -> String {
-    token(sub, &["hist_*"], &[SYNC_CLAIM])
+    token(sub, &["hist_*"], &[])
 }
 
 /// The two channels for `client`: (owned by its shard, owned by the other shard).
@@ -64,7 +64,6 @@ fn since_after_unsubscribe_recovers_exactly_the_missed_messages() {
     let mut c = gw.connect(&hist_token("r1"));
     for (channel, case) in channels_for(&c, "unsub") {
         c.subscribe(&channel);
-        c.barrier(SHARDS);
         let p0 = publish_n(&gw, &channel, 0, 1);
         let m = c.recv_message(&channel);
         assert_eq!(m["pos"], p0[0].as_str(), "{case}: {m}");
@@ -98,7 +97,6 @@ fn since_after_reconnect_recovers_on_any_shard() {
         for reconnect_shard in [0u64, 1] {
             let mut c = gw.connect(&t);
             c.subscribe(channel);
-            c.barrier(SHARDS);
             publish_n(&gw, channel, 0, 1);
             let last = c.recv_message(channel)["pos"].as_str().unwrap().to_string();
             c.close();
@@ -140,7 +138,6 @@ fn since_beyond_the_history_is_not_recovered() {
     let mut c = gw.connect(&hist_token("r4"));
     for (channel, case) in channels_for(&c, "short") {
         c.subscribe(&channel);
-        c.barrier(SHARDS);
         publish_n(&gw, &channel, 0, 1);
         let last = c.recv_message(&channel)["pos"]
             .as_str()
@@ -197,30 +194,101 @@ fn since_that_is_not_a_pos_is_a_bad_request() {
     }
 }
 
-/// A reconnecting client catches up on its own `user:<sub>` channel like on any other channel.
+/// A reconnecting client catches up on its own `user:<sub>` channel like on any other channel,
+/// whether it comes back on the shard that owns that channel or on the other one. Nothing waits
+/// for the shards to settle: publishes follow the welcome, and the `since` subscribe follows the
+/// new connection's welcome, right away.
 #[test]
 fn since_on_own_user_channel_recovers_messages_missed_while_disconnected() {
     let gw = Gateway::start_sharded(SHARDS, &[]);
     let t = hist_token("dm");
+    let owner = gateway::router::owner_of("user:dm", SHARDS);
     let mut c = gw.connect(&t);
-    c.barrier(SHARDS);
-    publish_n(&gw, "user:dm", 0, 1);
-    let last = c.recv_message("user:dm")["pos"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    c.close();
+    let mut n = 0;
+    for reconnect_shard in [0u64, 1] {
+        let case = format!("user:dm (owner {owner}) back on shard {reconnect_shard}");
+        let first = publish_n(&gw, "user:dm", n, 1);
+        expect_messages(&mut c, "user:dm", n, &first, &case);
+        n += 1;
+        c.close();
 
-    let missed = publish_n(&gw, "user:dm", 1, 2);
-    let mut c = gw.connect(&t);
-    c.barrier(SHARDS);
-    let r = subscribe_since(&mut c, "user:dm", &last);
-    assert_eq!(
-        r["recovered"], true,
-        "the missed messages are still retained: {r}"
-    );
-    expect_messages(&mut c, "user:dm", 1, &missed, "user channel");
-    let live = publish_n(&gw, "user:dm", 3, 1);
-    expect_messages(&mut c, "user:dm", 3, &live, "user channel");
-    c.expect_silence(QUIET);
+        let missed = publish_n(&gw, "user:dm", n, 2);
+        c = gw.connect_on_shard(&t, reconnect_shard);
+        let r = subscribe_since(&mut c, "user:dm", &first[0]);
+        assert_eq!(
+            r["recovered"], true,
+            "{case}: the missed messages are still retained: {r}"
+        );
+        expect_messages(&mut c, "user:dm", n, &missed, &case);
+        n += 2;
+        let live = publish_n(&gw, "user:dm", n, 1);
+        expect_messages(&mut c, "user:dm", n, &live, &case);
+        n += 1;
+        c.expect_silence(QUIET);
+    }
+}
+
+/// Connects a fresh user `sub` with a `since` on `channel` (one of its automatic channels) sent in
+/// the same write as the upgrade request, so the gateway reads it before the welcome is out.
+/// Asserts: the welcome first, then the reply with `recovered: true`, then exactly the two messages
+/// published after `since`, then live ones. Returns the connection's shard.
+fn pipelined_since_on_automatic_channel(gw: &Gateway, sub: &str, channel: &str) -> usize {
+    let first = publish_n(gw, channel, 0, 1);
+    let missed = publish_n(gw, channel, 1, 2);
+    let target = format!("/ws?token={}", hist_token(sub));
+    let mut bytes = upgrade_request(gw.ws_addr, &target, "").into_bytes();
+    let req = json!({"type": "subscribe", "id": "early", "channel": channel, "since": first[0]});
+    client_text_frame(&mut bytes, &req.to_string());
+    let mut stream = std::net::TcpStream::connect(gw.ws_addr).expect("connect");
+    std::io::Write::write_all(&mut stream, &bytes).expect("write upgrade and request");
+    let mut ws = RawWs::from_upgraded(stream);
+
+    let owner = gateway::router::owner_of(channel, SHARDS);
+    let w = ws.next_json(&format!(
+        "{sub}, since on {channel} (owner {owner}) sent with the upgrade: the welcome"
+    ));
+    assert_eq!(w["type"], "welcome", "the welcome comes first: {w}");
+    let shard = w["shard"].as_u64().expect("welcome.shard") as usize;
+    let case = format!("{sub}, since on {channel} (owner {owner}) from shard {shard}");
+    let r = ws.next_json(&format!("{case}: the reply"));
+    assert_eq!(r["id"], "early", "{case}: {r}");
+    assert_eq!(r["ok"], true, "{case}: {r}");
+    assert_eq!(r["recovered"], true, "{case}: {r}");
+    for (k, pos) in missed.iter().enumerate() {
+        let m = ws.next_json(&format!("{case}: missed message {k}"));
+        assert_eq!(m["channel"], channel, "{case}: {m}");
+        assert_eq!(m["data"], json!({"i": 1 + k}), "{case}: {m}");
+        assert_eq!(m["pos"], pos.as_str(), "{case}: {m}");
+    }
+    let live = publish_n(gw, channel, 3, 1);
+    let m = ws.next_json(&format!("{case}: live message"));
+    assert_eq!(m["pos"], live[0].as_str(), "{case}: {m}");
+    shard
+}
+
+/// A client need not wait for its welcome before sending requests: a `since` on its own
+/// `user:<sub>` channel, or on `broadcast`, sent along with the upgrade request still gets the
+/// welcome first, then its reply and the missed messages. On a two-shard gateway the automatic
+/// channels are still waiting for the other shard's acknowledgement when the request is read.
+#[test]
+fn since_on_automatic_channels_sent_before_the_welcome() {
+    let gw = Gateway::start_sharded(SHARDS, &[]);
+    for kind in ["user", "broadcast"] {
+        let mut seen = [false; SHARDS];
+        for attempt in 0.. {
+            assert!(
+                attempt < 40,
+                "{kind}: connections did not reach every shard: {seen:?}"
+            );
+            let sub = format!("early-{kind}-{attempt}");
+            let channel = match kind {
+                "user" => format!("user:{sub}"),
+                _ => "broadcast".to_string(),
+            };
+            seen[pipelined_since_on_automatic_channel(&gw, &sub, &channel)] = true;
+            if seen.iter().all(|s| *s) {
+                break;
+            }
+        }
+    }
 }

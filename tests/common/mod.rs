@@ -208,6 +208,27 @@ impl Gateway {
         v
     }
 
+    /// Prepares `POST /api/publish` of `body` up to its last byte; see [`PrimedPublish`].
+    pub fn prime_publish(&self, body: &Value) -> PrimedPublish {
+        let body = body.to_string();
+        let auth = format!("Bearer {API_KEY}");
+        let mut bytes = http_request_bytes(
+            self.admin_addr,
+            "POST",
+            "/api/publish",
+            &[("Authorization", &auth)],
+            Some(&body),
+        );
+        let last = bytes.pop().expect("a request with a body");
+        let mut stream =
+            TcpStream::connect(self.admin_addr).expect("connect to the admin listener");
+        stream.set_nodelay(true).expect("set_nodelay");
+        stream
+            .write_all(&bytes)
+            .expect("writing the publish request");
+        PrimedPublish { stream, last, body }
+    }
+
     pub fn metrics(&self) -> String {
         let r = http_get(self.admin_addr, "/metrics");
         assert_eq!(r.status, 200, "/metrics: {}", r.body);
@@ -324,17 +345,6 @@ pub fn base64url(data: &[u8]) -> String {
         }
     }
     out
-}
-
-/// The publish claim [`Client::barrier`] needs.
-pub const SYNC_CLAIM: &str = "sync-*";
-
-/// A channel covered by [`SYNC_CLAIM`] whose owner is `shard`.
-pub fn sync_channel(shard: usize, shards: usize) -> String {
-    (0..)
-        .map(|i| format!("sync-{i}"))
-        .find(|c| gateway::router::owner_of(c, shards) == shard)
-        .expect("some name hashes to every shard")
 }
 
 /// A channel name `<prefix><i>` whose owner is `shard`.
@@ -607,29 +617,6 @@ impl Client {
         r
     }
 
-    /// Waits until every shard has handled what this connection's shard told it so far (such as
-    /// "this shard now has a member of channel C"), by publishing to a channel owned by each other
-    /// shard and waiting for the replies: shards talk over FIFO queues, so each reply comes after
-    /// the earlier messages. The token needs the publish claim [`SYNC_CLAIM`].
-    ///
-    /// Tests that subscribe and then publish from elsewhere call this in between, because the
-    /// gateway answers a subscribe before the channel's owner shard knows about the new member
-    /// (see `tests/cross_shard.rs`); without it such tests would lose messages now and then.
-    pub fn barrier(&mut self, shards: usize) {
-        let mine = self.shard() as usize;
-        for owner in (0..shards).filter(|s| *s != mine) {
-            let channel = sync_channel(owner, shards);
-            let id = format!("barrier-{owner}");
-            self.send_json(&json!({"type": "publish", "id": id, "channel": channel, "data": null}));
-            let r = self.recv_json(WAIT);
-            assert_eq!(r["id"], id.as_str(), "barrier reply: {r}");
-            assert_eq!(
-                r["ok"], true,
-                "barrier publish refused (the token needs the publish claim {SYNC_CLAIM}): {r}"
-            );
-        }
-    }
-
     /// The next frame, which must be a `message` of `channel`.
     pub fn recv_message(&mut self, channel: &str) -> Value {
         let m = self.recv_json(WAIT);
@@ -768,13 +755,14 @@ pub fn read_to_eof(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
     }
 }
 
-pub fn http_request(
+/// The bytes of an HTTP/1.1 request with `Connection: close` (and a JSON body, if any).
+pub fn http_request_bytes(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: Option<&str>,
-) -> HttpResponse {
+) -> Vec<u8> {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -789,7 +777,54 @@ pub fn http_request(
     if let Some(b) = body {
         req.push_str(b);
     }
-    raw_exchange(addr, req.as_bytes())
+    req.into_bytes()
+}
+
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> HttpResponse {
+    raw_exchange(addr, &http_request_bytes(addr, method, path, headers, body))
+}
+
+/// A `POST /api/publish` already connected and written but for its last byte, so that a test can
+/// publish with as little delay as possible after some event: [`PrimedPublish::send`] only writes
+/// one byte before the gateway has the whole request.
+pub struct PrimedPublish {
+    stream: TcpStream,
+    last: u8,
+    body: String,
+}
+
+impl PrimedPublish {
+    /// Completes the request; asserts 200 and returns the JSON answer.
+    pub fn send(mut self) -> Value {
+        self.fire();
+        self.answer()
+    }
+
+    /// Writes the last byte: the gateway now has the whole request.
+    pub fn fire(&mut self) {
+        self.stream
+            .write_all(&[self.last])
+            .expect("writing the last byte of the publish");
+    }
+
+    /// Reads the answer to a [`PrimedPublish::fire`]d request; asserts 200 and returns the JSON.
+    pub fn answer(mut self) -> Value {
+        let r = parse_response(&read_to_eof(&mut self.stream, WAIT));
+        assert_eq!(
+            r.status, 200,
+            "publish {} answered {} {}",
+            self.body, r.status, r.body
+        );
+        let v = r.json();
+        assert_eq!(v["ok"], true, "publish answer {v}");
+        v
+    }
 }
 
 pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
@@ -936,6 +971,19 @@ impl RawWs {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return Ok(None),
             }
+        }
+    }
+
+    /// The next frame, which must be a JSON text frame; panics (mentioning `what`) otherwise.
+    pub fn next_json(&mut self, what: &str) -> Value {
+        match self.next_frame(WAIT) {
+            Ok(Some(f)) => {
+                assert_eq!(f.opcode, 0x1, "{what}: expected a text frame, got {f:?}");
+                serde_json::from_slice(&f.payload)
+                    .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {f:?}"))
+            }
+            Ok(None) => panic!("{what}: the connection ended"),
+            Err(()) => panic!("{what}: no frame within {WAIT:?}"),
         }
     }
 
