@@ -224,10 +224,41 @@ def p99_svg(rows, path):
 def markdown(rows, title):
     cols = ["server", "connections", "deliveries_per_sec", "p50_ms", "p99_ms", "p999_ms", "last_member_p99_ms",
             "lost", "duplicates", "rss_kib_per_conn", "server_cpu_us_per_delivery", "client_cpu_us_per_delivery"]
+    if rows and "per_conn_rate" in rows[0]:
+        cols = ["per_conn_rate", "passes"] + cols
+        rows = [{**r, "server": r["server"] + (" **ceiling**" if r.get("ceiling") else "")} for r in rows]
     out = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         out.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
     return "\n".join(out) + "\n"
+
+
+def side_by_side(rows):
+    """Gateway next to Nchan at each size, with ratios (gateway / Nchan: below 1 favours the gateway)."""
+    by = {(r["server"], r["connections"]): r for r in rows}
+    sizes = sorted({r["connections"] for r in rows if r["server"] == "gateway"})
+    out = ["### Side by side (ratio = gateway / Nchan; below 1 favours the gateway)", "",
+           "| connections | p99 ms gateway | p99 ms Nchan | ratio | server CPU us/delivery gateway | Nchan | ratio "
+           "| RSS KiB/conn gateway | Nchan | ratio |", "|" + "---|" * 10]
+
+    def ratio(a, b):
+        return f"{a / b:.2f}" if a is not None and b else "-"
+
+    for n in sizes:
+        g = by.get(("gateway", n))
+        c = next((r for (srv, m), r in by.items() if srv == "nchan" and abs(m - n) <= n * 0.01), None)
+        if not g or not c:
+            continue
+        out.append(f"| {n} | {g['p99_ms']} | {c['p99_ms']} | {ratio(g['p99_ms'], c['p99_ms'])} "
+                   f"| {g['server_cpu_us_per_delivery']} | {c['server_cpu_us_per_delivery']} "
+                   f"| {ratio(g['server_cpu_us_per_delivery'], c['server_cpu_us_per_delivery'])} "
+                   f"| {g['rss_kib_per_conn']} | {c['rss_kib_per_conn']} "
+                   f"| {ratio(g['rss_kib_per_conn'], c['rss_kib_per_conn'])} |")
+    return "\n".join(out) + "\n"
+
+
+def passes(r, s):
+    return (r["p99_ms"] or 1e9) <= P99_LIMIT_MS and r["lost"] == 0 and s["publish_errors"] == 0
 
 
 def main():
@@ -271,19 +302,32 @@ def main():
     ceiling = []
     if not args.no_ceiling:
         for server in servers:
-            best, rate = None, 2.0
-            while rate <= 256:
+            def attempt(rate):
                 print(f"{server.name}: ceiling at {args.ceiling_conns} conns x {rate:g} msg/s...", file=sys.stderr)
                 s = run_one(server, args.ceiling_conns, args.room_size, rate, min(args.duration, 10), args.out)
                 r = row(s)
                 r["per_conn_rate"] = rate
+                r["passes"] = passes(r, s)
                 ceiling.append(r)
-                ok = (r["p99_ms"] or 1e9) <= P99_LIMIT_MS and r["lost"] == 0 and s["publish_errors"] == 0
                 print(json.dumps(r), file=sys.stderr)
-                if not ok:
+                return r
+
+            # Double until p99 goes over the limit, then bisect twice between the last two rates.
+            best, failed, rate = None, None, 2.0
+            while rate <= 512:
+                r = attempt(rate)
+                if not r["passes"]:
+                    failed = rate
                     break
-                best = r
-                rate *= 2
+                best, rate = r, rate * 2
+            lo = best["per_conn_rate"] if best else 1.0
+            for _ in range(2 if failed else 0):
+                mid = (lo + failed) / 2
+                r = attempt(mid)
+                if r["passes"]:
+                    best, lo = r, mid
+                else:
+                    failed = mid
             if best:
                 best["ceiling"] = True
 
@@ -292,6 +336,7 @@ def main():
         json.dump({"series": rows, "ceiling": ceiling, "runs": raw}, f, indent=2)
     md = markdown(rows, f"Scale series: rooms of {args.room_size}, {args.per_conn_rate:g} msg/s per connection, "
                         f"{args.duration:g} s")
+    md += "\n" + side_by_side(rows)
     if ceiling:
         md += "\n" + markdown(ceiling, f"Throughput ceiling: {args.ceiling_conns} connections, rate doubled until "
                                         f"p99 > {P99_LIMIT_MS:g} ms")

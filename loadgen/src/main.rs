@@ -382,14 +382,17 @@ fn run(args: Args) -> Result<()> {
         let _ = writeln!(w.stdin, "stop {per_room}");
     }
     let mut results = Vec::new();
+    let mut reported = vec![false; workers];
     while results.len() < workers {
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Event::Line(_, v)) => {
+            Ok(Event::Line(i, v)) => {
                 if let Some(r) = v.get("result") {
                     results.push(serde_json::from_value::<stats::WorkerResult>(r.clone())?);
+                    reported[i] = true;
                 }
             }
-            Ok(Event::Exit(i)) => bail!("worker {i} exited without a result"),
+            Ok(Event::Exit(i)) if !reported[i] => bail!("worker {i} exited without a result"),
+            Ok(Event::Exit(_)) => {}
             Err(_) => bail!("workers did not report within 60 s"),
         }
     }
