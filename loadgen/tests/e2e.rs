@@ -116,3 +116,134 @@ fn clear_errors_for_a_missing_server_and_a_refused_token() {
     let out = loadgen(&["--url", "http://127.0.0.1/ws"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("ws://"));
 }
+
+/// A Tansu broker on a free port (installed by scripts/install-tansu.sh), killed on drop.
+struct Broker(std::process::Child, String);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn broker() -> Broker {
+    let bin = std::env::var("TANSU").ok().unwrap_or_else(|| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let cargo_bin = format!("{home}/.cargo/bin/tansu");
+        if std::path::Path::new(&cargo_bin).exists() {
+            cargo_bin
+        } else {
+            "tansu".into()
+        }
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(&bin)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin} ({e}): run scripts/install-tansu.sh"));
+    let addr = format!("127.0.0.1:{port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            return Broker(child, addr);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("tansu did not start on {addr}");
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("admin");
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn publishing_through_kafka() {
+    let kafka = broker();
+    let overrides = serde_json::json!({
+        "listen": "127.0.0.1:0",
+        "admin_listen": "127.0.0.1:0",
+        "shards": 2,
+        "auth": {"jwt_secret": "e2e-secret"},
+        "limits": {"max_connections_per_user": 1000},
+        "kafka": {
+            "brokers": [kafka.1],
+            "push_topics": ["lg.push"],
+            "fetch_max_wait_ms": 10,
+            "metadata_refresh_ms": 200,
+            "create_topics_partitions": 2,
+        },
+    });
+    let cfg = gateway::config::Config::load(None, overrides).expect("config");
+    let gw = gateway::server::start(cfg).expect("gateway starts");
+    // Both topics (push and upstream) with 2 partitions each, all being read.
+    let ready = (0..200).any(|_| {
+        let stats = http_get(gw.admin_addr, "/stats");
+        let ok = stats.contains(r#""status":"ok""#) && stats.matches(r#""position""#).count() >= 4;
+        if !ok {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        ok
+    });
+    assert!(
+        ready,
+        "gateway never read its partitions: {}",
+        http_get(gw.admin_addr, "/stats")
+    );
+    let url = format!("ws://{}/ws", gw.ws_addr);
+    let out = loadgen(&[
+        "--url",
+        &url,
+        "--secret",
+        "e2e-secret",
+        "--publish",
+        "kafka",
+        "--kafka-brokers",
+        &kafka.1,
+        "--kafka-topic",
+        "lg.push",
+        "--conns",
+        "100",
+        "--rooms",
+        "4",
+        "--rate",
+        "40",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--drain",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    assert_eq!(s["expected_deliveries"], 1000);
+    assert_eq!(s["deliveries"], 1000, "{s}");
+    assert_eq!(s["lost"], 0);
+    assert_eq!(s["duplicates"], 0);
+}
