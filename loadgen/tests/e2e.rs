@@ -155,14 +155,15 @@ fn broker() -> Broker {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin} ({e}): run scripts/install-tansu.sh"));
-    let addr = format!("127.0.0.1:{port}");
+    // Owned at once, so the process is killed and reaped on every path.
+    let broker = Broker(child, format!("127.0.0.1:{port}"));
     for _ in 0..100 {
-        if std::net::TcpStream::connect(&addr).is_ok() {
-            return Broker(child, addr);
+        if std::net::TcpStream::connect(&broker.1).is_ok() {
+            return broker;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    panic!("tansu did not start on {addr}");
+    panic!("tansu did not start on {}", broker.1);
 }
 
 fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
