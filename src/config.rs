@@ -133,6 +133,12 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Connections per user (`sub`) across the node; beyond it 429.
     pub max_connections_per_user: usize,
+    /// Connections per client address across the node; beyond it 429. 0 = no limit (clients behind
+    /// one NAT share an address).
+    pub max_connections_per_ip: usize,
+    /// Upgrades accepted per second across the node (split evenly between shards); beyond it 429.
+    /// 0 = no limit.
+    pub connect_rate_per_sec: u32,
     /// Subscriptions per connection, not counting `user:<sub>` and `broadcast`.
     pub max_subscriptions: usize,
     /// Largest client message accepted; larger ones close the connection with 1009.
@@ -204,6 +210,8 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_connections: 100_000,
             max_connections_per_user: 64,
+            max_connections_per_ip: 0,
+            connect_rate_per_sec: 0,
             max_subscriptions: 128,
             max_frame_bytes: 64 * 1024,
             max_handshake_bytes: 8 * 1024,

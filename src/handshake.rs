@@ -6,8 +6,10 @@ use crate::auth::{AuthError, Claims};
 use crate::server::ConnSlot;
 use crate::session;
 use crate::shard::Shard;
+use crate::users::SlotKind;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,24 +167,40 @@ async fn send_refusal(stream: &mut TcpStream, r: &HttpRefusal) {
     let _ = stream.close().await;
 }
 
-/// Authenticates and takes the connection slots; each refusal is an HTTP status.
-async fn admit(shard: &Rc<Shard>, up: &Upgrade) -> Result<(Claims, ConnSlot), HttpRefusal> {
+/// Checks the limits, authenticates and takes the connection slots; each refusal is an HTTP status.
+/// The cheap refusals come before the JWT is verified.
+async fn admit(
+    shard: &Rc<Shard>,
+    up: &Upgrade,
+    peer: Option<IpAddr>,
+) -> Result<(Claims, ConnSlot), HttpRefusal> {
     let node = &shard.node;
     if node.is_draining() {
         return Err(refuse(503, "gateway is shutting down"));
+    }
+    if !shard.take_connect_token() {
+        return Err(refuse(429, "connect rate limit"));
+    }
+    let mut slots = ConnSlot::new(shard.clone());
+    if let Some(ip) = peer {
+        if !slots.take(SlotKind::Ip, Arc::from(ip.to_string())).await {
+            return Err(refuse(429, "too many connections from this address"));
+        }
     }
     let claims = node.verifier.verify(&up.token).map_err(|e: AuthError| {
         shard.metrics.auth_failures[e.index()].inc();
         refuse(401, e.reason())
     })?;
-    let slot = node
-        .try_acquire_connection()
-        .ok_or_else(|| refuse(503, "gateway full"))?;
-    let user: Arc<str> = Arc::from(claims.sub.as_str());
-    if !shard.router.acquire_user(user.clone()).await {
+    if !slots.take_node() {
+        return Err(refuse(503, "gateway full"));
+    }
+    if !slots
+        .take(SlotKind::User, Arc::from(claims.sub.as_str()))
+        .await
+    {
         return Err(refuse(429, "too many connections for this user"));
     }
-    Ok((claims, slot.with_user(shard.clone(), user)))
+    Ok((claims, slots))
 }
 
 /// Serves one accepted TCP connection from the first byte to the close.
@@ -192,9 +210,10 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let timeout = Duration::from_millis(limits.handshake_timeout_ms);
     let ws_path = shard.node.config.ws_path.clone();
     let max = limits.max_handshake_bytes;
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     let started = async {
         let up = read_request(&mut stream, max, &ws_path).await?;
-        let (claims, slot) = admit(&shard, &up).await?;
+        let (claims, slot) = admit(&shard, &up, peer).await?;
         Ok((up, claims, slot))
     }
     .or(async {

@@ -60,6 +60,12 @@ struct ServeArgs {
     /// Connections per user (429 beyond it).
     #[arg(long)]
     max_connections_per_user: Option<usize>,
+    /// Connections per client address (429 beyond it; 0 = no limit).
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
+    /// Upgrades accepted per second, node-wide (429 beyond it; 0 = no limit).
+    #[arg(long)]
+    connect_rate_per_sec: Option<u32>,
     /// Subscriptions per connection.
     #[arg(long)]
     max_subscriptions: Option<usize>,
@@ -173,6 +179,16 @@ impl ServeArgs {
             &mut o,
             "limits.max_connections_per_user",
             self.max_connections_per_user,
+        );
+        set(
+            &mut o,
+            "limits.max_connections_per_ip",
+            self.max_connections_per_ip,
+        );
+        set(
+            &mut o,
+            "limits.connect_rate_per_sec",
+            self.connect_rate_per_sec,
         );
         set(&mut o, "limits.max_subscriptions", self.max_subscriptions);
         set(&mut o, "limits.max_frame_bytes", self.max_frame_bytes);

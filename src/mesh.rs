@@ -7,6 +7,7 @@
 use crate::message::{Msg, Publish};
 use crate::metrics::ShardMetrics;
 use crate::protocol::Refusal;
+use crate::users::SlotKind;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use serde_json::Value;
@@ -68,18 +69,21 @@ pub enum MeshMsg {
         id: Value,
         result: Result<String, Refusal>,
     },
-    /// Per-user connection limit, kept by the shard that owns the user.
+    /// Per-user and per-address connection limits, kept by the shard that owns the key.
     UserAcquire {
+        kind: SlotKind,
         user: Arc<str>,
         from: usize,
         ticket: u64,
     },
     UserAcquired {
+        kind: SlotKind,
         user: Arc<str>,
         ticket: u64,
         ok: bool,
     },
     UserRelease {
+        kind: SlotKind,
         user: Arc<str>,
     },
 }

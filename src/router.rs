@@ -16,7 +16,7 @@ use crate::mesh::{ConnAck, MeshMsg, Peers};
 use crate::message::{Frame, Msg, Publish};
 use crate::metrics::ShardMetrics;
 use crate::protocol::{self, Filter, Refusal};
-use crate::users::Users;
+use crate::users::{SlotKind, Users};
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -133,6 +133,7 @@ pub struct RouterConfig {
     pub history_size: usize,
     pub history_ttl: Duration,
     pub user_limit: usize,
+    pub ip_limit: usize,
 }
 
 /// What the router waits for from its Kafka I/O thread.
@@ -192,7 +193,7 @@ impl Router {
             history_size: cfg.history_size,
             history_ttl: cfg.history_ttl,
             conns: RefCell::default(),
-            users: Users::new(cfg.shard, cfg.shards, cfg.user_limit),
+            users: Users::new(cfg.shard, cfg.shards, cfg.user_limit, cfg.ip_limit),
             metrics,
             kafka,
             streams: RefCell::default(),
@@ -224,12 +225,13 @@ impl Router {
         self.conns.borrow().len()
     }
 
-    pub async fn acquire_user(&self, user: Arc<str>) -> bool {
-        self.users.acquire(&self.peers, user).await
+    /// Takes a connection slot per user or per address (kept by the key's owner shard).
+    pub async fn acquire_slot(&self, kind: SlotKind, key: Arc<str>) -> bool {
+        self.users.acquire(&self.peers, kind, key).await
     }
 
-    pub fn release_user(&self, user: Arc<str>) {
-        self.users.release(&self.peers, user);
+    pub fn release_slot(&self, kind: SlotKind, key: Arc<str>) {
+        self.users.release(&self.peers, kind, key);
     }
 
     // ---- publishing ----
@@ -844,15 +846,28 @@ impl Router {
                 msgs,
             } => self.recovered(&channel, conn, msgs),
             MeshMsg::Acked { conn, id, result } => self.send_ack(conn, &id, &result),
-            MeshMsg::UserAcquire { user, from, ticket } => {
-                let ok = self.users.acquire_here(user.clone());
-                self.peers
-                    .send(from, MeshMsg::UserAcquired { user, ticket, ok });
+            MeshMsg::UserAcquire {
+                kind,
+                user,
+                from,
+                ticket,
+            } => {
+                let ok = self.users.acquire_here(kind, user.clone());
+                let answer = MeshMsg::UserAcquired {
+                    kind,
+                    user,
+                    ticket,
+                    ok,
+                };
+                self.peers.send(from, answer);
             }
-            MeshMsg::UserAcquired { user, ticket, ok } => {
-                self.users.granted(&self.peers, user, ticket, ok)
-            }
-            MeshMsg::UserRelease { user } => self.users.release_here(&user),
+            MeshMsg::UserAcquired {
+                kind,
+                user,
+                ticket,
+                ok,
+            } => self.users.granted(&self.peers, kind, user, ticket, ok),
+            MeshMsg::UserRelease { kind, user } => self.users.release_here(kind, user),
         }
     }
 

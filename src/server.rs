@@ -6,6 +6,7 @@ use crate::config::{Config, DEV_API_KEY, DEV_JWT_SECRET};
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::shard::{self, Shard};
+use crate::users::SlotKind;
 use crate::{admin, listener};
 use anyhow::{bail, Context, Result};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -49,13 +50,13 @@ impl Node {
     }
 
     /// One connect = one atomic add; the count is node-wide so the limit is too.
-    pub fn try_acquire_connection(self: &Arc<Self>) -> Option<ConnSlot> {
+    fn try_acquire_connection(&self) -> bool {
         let prev = self.connections.fetch_add(1, Ordering::Relaxed);
-        let slot = ConnSlot {
-            node: self.clone(),
-            user: None,
-        };
-        (prev < self.max_connections).then_some(slot)
+        if prev < self.max_connections {
+            return true;
+        }
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+        false
     }
 
     pub fn api_key(&self) -> &str {
@@ -71,24 +72,50 @@ impl Node {
     }
 }
 
-/// A taken connection slot (node-wide, and per user once admitted); released on drop.
+/// The slots a connection holds (node-wide, per address, per user), taken one by one during the
+/// handshake and all released on drop, whether the handshake fails half-way or the connection ends.
 pub struct ConnSlot {
-    node: Arc<Node>,
-    user: Option<(Rc<Shard>, Arc<str>)>,
+    shard: Rc<Shard>,
+    node_slot: bool,
+    keyed: Vec<(SlotKind, Arc<str>)>,
 }
 
 impl ConnSlot {
-    pub fn with_user(mut self, shard: Rc<Shard>, user: Arc<str>) -> ConnSlot {
-        self.user = Some((shard, user));
-        self
+    pub fn new(shard: Rc<Shard>) -> ConnSlot {
+        ConnSlot {
+            shard,
+            node_slot: false,
+            keyed: Vec::new(),
+        }
+    }
+
+    /// One of the node's `max_connections`.
+    pub fn take_node(&mut self) -> bool {
+        self.node_slot = self.shard.node.try_acquire_connection();
+        self.node_slot
+    }
+
+    /// One of the key's slots (user or address); true when that kind is not limited.
+    pub async fn take(&mut self, kind: SlotKind, key: Arc<str>) -> bool {
+        let router = &self.shard.router;
+        if !router.users.limited(kind) {
+            return true;
+        }
+        if !router.acquire_slot(kind, key.clone()).await {
+            return false;
+        }
+        self.keyed.push((kind, key));
+        true
     }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.node.connections.fetch_sub(1, Ordering::Relaxed);
-        if let Some((shard, user)) = self.user.take() {
-            shard.router.release_user(user);
+        if self.node_slot {
+            self.shard.node.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+        for (kind, key) in self.keyed.drain(..) {
+            self.shard.router.release_slot(kind, key);
         }
     }
 }

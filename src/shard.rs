@@ -29,6 +29,8 @@ pub struct Shard {
     /// Delivery latency in microseconds, for `/stats`.
     pub latency: RefCell<Histogram<u64>>,
     next_conn: Cell<u64>,
+    /// This shard's share of the node's connect rate: (tokens, last refill).
+    connect_tokens: Cell<(f64, Instant)>,
 }
 
 impl Shard {
@@ -36,6 +38,26 @@ impl Shard {
         let n = self.next_conn.get() + 1;
         self.next_conn.set(n);
         ((self.id as u64) << 48) | n
+    }
+
+    /// Takes one upgrade from this shard's share of `limits.connect_rate_per_sec`.
+    pub fn take_connect_token(&self) -> bool {
+        let rate = self.node.config.limits.connect_rate_per_sec;
+        if rate == 0 {
+            return true;
+        }
+        let per_shard = f64::from(rate) / self.node.shards as f64;
+        let (tokens, last) = self.connect_tokens.get();
+        let now = Instant::now();
+        let tokens =
+            (tokens + now.duration_since(last).as_secs_f64() * per_shard).min(per_shard.max(1.0));
+        if tokens >= 1.0 {
+            self.connect_tokens.set((tokens - 1.0, now));
+            true
+        } else {
+            self.connect_tokens.set((tokens, now));
+            false
+        }
     }
 
     pub fn record_latency(&self, d: Duration) {
@@ -92,6 +114,7 @@ pub async fn run(
             history_size: cfg.history.size,
             history_ttl: Duration::from_secs(cfg.history.ttl_secs),
             user_limit: cfg.limits.max_connections_per_user,
+            ip_limit: cfg.limits.max_connections_per_ip,
         },
         peers,
         metrics.clone(),
@@ -107,6 +130,7 @@ pub async fn run(
             Histogram::new_with_bounds(1, 60_000_000, 3).context("latency histogram")?,
         ),
         next_conn: Cell::new(0),
+        connect_tokens: Cell::new((f64::from(cfg.limits.connect_rate_per_sec), Instant::now())),
     });
 
     for (_, rx) in receivers.streams() {
