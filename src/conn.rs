@@ -56,9 +56,11 @@ impl ConnHandle {
         if self.close.get().is_some() {
             return;
         }
-        let before = self.queue.borrow().bytes();
-        let (outcome, dropped) = self.queue.borrow_mut().push(frame.clone());
-        let after = self.queue.borrow().bytes();
+        let mut q = self.queue.borrow_mut();
+        let before = q.bytes();
+        let (outcome, dropped) = q.push(frame.clone());
+        let after = q.bytes();
+        drop(q);
         self.track_bytes(before, after);
         if dropped > 0 {
             self.metrics.dropped_low_priority.inc_by(dropped);

@@ -28,16 +28,7 @@ fn by_channel(msgs: &[Value]) -> BTreeMap<String, Vec<Value>> {
 fn records_reach_subscribers_on_both_shards_in_partition_order() {
     let broker = Broker::start();
     let kafka = Kafka::connect(&broker.addr());
-    kafka.create_topic("push", 2);
-    kafka.create_topic("up", 1);
-    let topics = Topics::new(&["push"], "up");
-    let gw = start_ready(
-        2,
-        &broker.addr(),
-        &topics,
-        &[],
-        &[("push", 0), ("push", 1), ("up", 0)],
-    );
+    let gw = standard_gateway(&kafka, &broker.addr(), &[]);
     let mut clients = gw.clients_on_every_shard(1, |i| token(&format!("u{i}"), &["room_*"], &[]));
     let shards: Vec<u64> = clients.iter().map(Client::shard).collect();
     assert_eq!(shards, vec![0, 1], "one subscriber per shard");

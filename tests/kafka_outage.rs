@@ -87,16 +87,7 @@ fn a_cut_broker_degrades_health_and_nothing_is_lost_or_repeated_after() {
         })
         .expect("Tansu behind the proxy did not start in 5 attempts");
     let kafka = Kafka::connect(&broker.addr());
-    kafka.create_topic("push", 2);
-    kafka.create_topic("up", 1);
-    let topics = Topics::new(&["push"], "up");
-    let gw = start_ready(
-        2,
-        &broker.addr(),
-        &topics,
-        &[],
-        &[("push", 0), ("push", 1), ("up", 0)],
-    );
+    let gw = standard_gateway(&kafka, &broker.addr(), &[]);
     assert!(
         proxy.seen("gateway") > 0,
         "the gateway goes through the proxy"

@@ -248,16 +248,7 @@ fn two_nodes_on_one_broker_see_each_others_publishes() {
 fn stats_and_metrics_report_the_partitions() {
     let broker = Broker::start();
     let kafka = Kafka::connect(&broker.addr());
-    kafka.create_topic("push", 2);
-    kafka.create_topic("up", 1);
-    let topics = Topics::new(&["push"], "up");
-    let gw = start_ready(
-        2,
-        &broker.addr(),
-        &topics,
-        &[],
-        &[("push", 0), ("push", 1), ("up", 0)],
-    );
+    let gw = standard_gateway(&kafka, &broker.addr(), &[]);
     let mut c = gw.connect(&token("obs", &["room_*"], &["room_*"]));
     c.subscribe("room_obs");
     let produced = [7usize, 4];

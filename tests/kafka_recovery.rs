@@ -313,16 +313,7 @@ fn since_from_another_node_in_partition_0_of_the_first_topic_is_recovered_from_k
 fn positions_the_gateway_cannot_answer_are_not_recovered() {
     let broker = Broker::start();
     let kafka = Kafka::connect(&broker.addr());
-    kafka.create_topic("push", 2);
-    kafka.create_topic("up", 1);
-    let topics = Topics::new(&["push"], "up");
-    let gw = start_ready(
-        2,
-        &broker.addr(),
-        &topics,
-        &["--history-size", "2"],
-        &[("push", 0), ("push", 1), ("up", 0)],
-    );
+    let gw = standard_gateway(&kafka, &broker.addr(), &["--history-size", "2"]);
     let tok = token("n", &["room_*"], &[]);
     let mut c = gw.connect(&tok);
     c.subscribe("room_n");

@@ -525,6 +525,21 @@ pub fn start_ready(
     gw
 }
 
+/// The layout most tests use: topics `push` (2 partitions) and `up` (1 partition, the upstream
+/// topic), and a 2-shard gateway that is reading all three partitions.
+pub fn standard_gateway(kafka: &Kafka, brokers: &str, extra: &[&str]) -> Gateway {
+    kafka.create_topic("push", 2);
+    kafka.create_topic("up", 1);
+    let topics = Topics::new(&["push"], "up");
+    start_ready(
+        2,
+        brokers,
+        &topics,
+        extra,
+        &[("push", 0), ("push", 1), ("up", 0)],
+    )
+}
+
 /// `GET /health`: status code and JSON body.
 pub fn health(gw: &Gateway) -> (u16, Value) {
     let r = http_get(gw.admin_addr, "/health");
