@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 ./scripts/install-tansu.sh
+./scripts/install-autobahn.sh
 cargo test --workspace --all-targets "$@"

@@ -149,6 +149,9 @@ pub struct LimitsConfig {
     pub handshake_timeout_ms: u64,
     /// Bytes queued for one connection before low-priority drops and then close 1013.
     pub queue_bytes: usize,
+    /// SO_SNDBUF of client sockets: bounds what the kernel holds for a client that stops reading
+    /// (0 = the kernel's autotuning, up to net.ipv4.tcp_wmem's maximum, often 4 MiB).
+    pub socket_send_buffer_bytes: usize,
     /// Sustained client frames per second per connection.
     pub client_frames_per_sec: u32,
     /// Burst of client frames allowed above the sustained rate.
@@ -164,6 +167,10 @@ pub struct SessionConfig {
     pub heartbeat_ms: u64,
     /// tungstenite's read buffer per connection (it is allocated eagerly).
     pub read_buffer_bytes: usize,
+    /// Conformance test mode: every data message a client sends is echoed back, and nothing else
+    /// happens (no welcome, no channels). Runs the real connection code for the Autobahn|Testsuite;
+    /// never for production.
+    pub echo: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -217,6 +224,7 @@ impl Default for LimitsConfig {
             max_handshake_bytes: 8 * 1024,
             handshake_timeout_ms: 5_000,
             queue_bytes: 256 * 1024,
+            socket_send_buffer_bytes: 0,
             client_frames_per_sec: 50,
             client_frames_burst: 100,
             max_channel_len: 200,
@@ -229,6 +237,7 @@ impl Default for SessionConfig {
         SessionConfig {
             heartbeat_ms: 30_000,
             read_buffer_bytes: 1024,
+            echo: false,
         }
     }
 }

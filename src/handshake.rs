@@ -143,7 +143,8 @@ async fn read_request(
     }
 }
 
-fn response(r: &HttpRefusal) -> String {
+/// The HTTP response for a refused upgrade.
+pub fn response(r: &HttpRefusal) -> String {
     let mut extra = String::new();
     if r.status == 426 {
         extra.push_str("Sec-WebSocket-Version: 13\r\n");

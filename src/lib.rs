@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod conn;
+pub mod fuzz;
 pub mod handshake;
 pub mod history;
 pub mod kafka;

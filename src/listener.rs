@@ -32,8 +32,12 @@ pub fn reserve(addr: SocketAddr) -> std::io::Result<(Socket, SocketAddr)> {
     Ok((sk, local))
 }
 
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// `send_buffer` (bytes, 0 = kernel autotuning) is inherited by every accepted socket.
+pub fn bind(addr: SocketAddr, send_buffer: usize) -> std::io::Result<TcpListener> {
     let sk = socket(addr)?;
+    if send_buffer > 0 {
+        sk.set_send_buffer_size(send_buffer)?;
+    }
     sk.bind(&addr.into())?;
     sk.listen(BACKLOG)?;
     // SAFETY: the descriptor was just created here and is handed over whole.

@@ -121,16 +121,25 @@ impl Frame {
         Frame::encode(text, 1, None)
     }
 
+    /// A binary frame (only the conformance echo mode sends these).
+    pub fn binary(payload: &[u8]) -> Frame {
+        Frame::encode_data(Data::Binary, payload, 1, None)
+    }
+
     fn encode(text: &str, priority: u8, born: Option<Instant>) -> Frame {
+        Frame::encode_data(Data::Text, text.as_bytes(), priority, born)
+    }
+
+    fn encode_data(data: Data, payload: &[u8], priority: u8, born: Option<Instant>) -> Frame {
         let header = FrameHeader {
-            opcode: OpCode::Data(Data::Text),
+            opcode: OpCode::Data(data),
             ..FrameHeader::default()
         };
-        let len = text.len() as u64;
-        let mut out = Vec::with_capacity(header.len(len) + text.len());
+        let len = payload.len() as u64;
+        let mut out = Vec::with_capacity(header.len(len) + payload.len());
         // Writing into a Vec cannot fail.
         let _ = header.format(len, &mut out);
-        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(payload);
         Frame {
             bytes: out.into_boxed_slice(),
             priority,

@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tungstenite::error::{CapacityError, Error as WsError};
+use tungstenite::error::Error as WsError;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
 
@@ -61,9 +61,17 @@ const CLOSE_IDLE: CloseReason = CloseReason {
 };
 
 /// tungstenite reads what the socket gave us and writes its control replies into a buffer.
-struct Io<'a> {
-    input: &'a [u8],
-    output: &'a mut Vec<u8>,
+pub struct Io<'a> {
+    pub input: &'a [u8],
+    pub output: &'a mut Vec<u8>,
+}
+
+/// tungstenite's limits for a client connection.
+pub fn ws_config(cfg: &crate::config::Config) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(cfg.session.read_buffer_bytes)
+        .max_message_size(Some(cfg.limits.max_frame_bytes))
+        .max_frame_size(Some(cfg.limits.max_frame_bytes))
 }
 
 impl Read for Io<'_> {
@@ -141,7 +149,14 @@ struct Session {
     /// A close frame (ours, or the reply to the client's) is queued; nothing may follow it.
     close_sent: bool,
     peer_closed: bool,
+    /// The client broke the protocol: tungstenite's parser state can no longer be trusted, so input
+    /// is discarded and, once our close frame is out, we send FIN rather than wait for a close
+    /// frame that may never parse (RFC 6455 7.1.7, "fail the WebSocket connection").
+    failed: bool,
+    half_closed: bool,
     control_out: Vec<u8>,
+    /// Conformance test mode (`session.echo`): data messages are echoed, nothing else.
+    echo: bool,
 }
 
 pub async fn run(
@@ -157,10 +172,7 @@ pub async fn run(
         cfg.limits.queue_bytes,
         shard.metrics.clone(),
     ));
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(cfg.session.read_buffer_bytes)
-        .max_message_size(Some(cfg.limits.max_frame_bytes))
-        .max_frame_size(Some(cfg.limits.max_frame_bytes));
+    let ws_config = ws_config(cfg);
     let now = Instant::now();
     let heartbeat = cfg.heartbeat();
     // Capped: an absurd `exp` must not overflow the clock arithmetic.
@@ -193,7 +205,10 @@ pub async fn run(
         deadline: None,
         close_sent: false,
         peer_closed: false,
+        failed: false,
+        half_closed: false,
         control_out: Vec::new(),
+        echo: cfg.session.echo,
         shard,
     };
     s.shard.router.register(conn.clone());
@@ -209,6 +224,9 @@ pub async fn run(
 
 impl Session {
     fn start(&mut self) {
+        if self.echo {
+            return;
+        }
         let cfg = &self.shard.node.config;
         let conn_id = format!("{:x}-{:x}", self.shard.node.epoch, self.conn.id);
         let welcome = protocol::welcome(
@@ -276,6 +294,12 @@ impl Session {
             Err(_) => return Poll::Ready(Event::Failed),
             // Everything written after the client's close: the connection is done.
             Ok(true) if self.peer_closed => return Poll::Ready(Event::Wake),
+            Ok(true) if self.failed && self.close_sent && !self.half_closed => {
+                self.half_closed = true;
+                // SAFETY: the descriptor belongs to `self.stream`, alive for this borrow.
+                let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
+                let _ = SockRef::from(&fd).shutdown(std::net::Shutdown::Write);
+            }
             Ok(_) => {}
         }
         if !self.peer_closed {
@@ -366,13 +390,32 @@ impl Session {
 
     fn on_bytes(&mut self, bytes: &[u8]) {
         self.last_seen = Instant::now();
+        if self.failed {
+            return;
+        }
         let mut out = std::mem::take(&mut self.control_out);
         let mut io = Io {
             input: bytes,
             output: &mut out,
         };
         loop {
-            match self.ws.read(&mut io) {
+            let read = self.ws.read(&mut io);
+            // Control replies (pongs) tungstenite wrote go out before anything this read produces.
+            if !io.output.is_empty() && !self.close_sent {
+                let control = std::mem::take(io.output);
+                self.conn.send(&Rc::new(Frame::raw(control)));
+            }
+            match read {
+                Ok(Message::Text(text)) if self.echo => {
+                    if self.admit_frame() {
+                        self.send_text(text.as_str());
+                    }
+                }
+                Ok(Message::Binary(data)) if self.echo => {
+                    if self.admit_frame() {
+                        self.conn.send(&Rc::new(Frame::binary(&data)));
+                    }
+                }
                 Ok(Message::Text(text)) => {
                     if self.admit_frame() {
                         self.on_request(text.as_str());
@@ -401,21 +444,17 @@ impl Session {
                     break;
                 }
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
-                    self.conn.request_close(CLOSE_TOO_BIG);
-                    break;
-                }
                 Err(WsError::Capacity(_)) => {
-                    self.conn.request_close(CLOSE_TOO_BIG);
+                    self.fail(CLOSE_TOO_BIG);
                     break;
                 }
                 Err(WsError::Utf8(_)) => {
-                    self.conn.request_close(CLOSE_BAD_UTF8);
+                    self.fail(CLOSE_BAD_UTF8);
                     break;
                 }
                 Err(WsError::Protocol(e)) => {
                     tracing::debug!(error = %e, "client protocol error");
-                    self.conn.request_close(CLOSE_PROTOCOL);
+                    self.fail(CLOSE_PROTOCOL);
                     break;
                 }
                 Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
@@ -442,6 +481,11 @@ impl Session {
             self.deadline = Some(Instant::now() + CLOSE_GRACE);
             self.conn.request_close(CLOSE_NORMAL);
         }
+    }
+
+    fn fail(&mut self, reason: CloseReason) {
+        self.failed = true;
+        self.conn.request_close(reason);
     }
 
     fn admit_frame(&mut self) -> bool {
@@ -651,7 +695,7 @@ impl Session {
 }
 
 /// The `id` of a request that could not be handled in full, so the error reply can repeat it.
-fn request_id(text: &str) -> Value {
+pub fn request_id(text: &str) -> Value {
     serde_json::from_str::<Value>(text)
         .ok()
         .and_then(|v| v.get("id").cloned())

@@ -154,7 +154,7 @@ pub async fn run(
         .detach();
     }
 
-    let tcp = match listener::bind(node.ws_addr) {
+    let tcp = match listener::bind(node.ws_addr, node.config.limits.socket_send_buffer_bytes) {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(format!("binding {}: {e}", node.ws_addr)));

@@ -90,6 +90,21 @@ struct Args {
     publishers: usize,
     #[arg(long, default_value_t = 10_000)]
     connect_timeout_ms: u64,
+    /// Extra connections that subscribe (round-robin over the rooms) and then never read: slow or
+    /// hostile clients. The report says how each one ended (e.g. close_1013).
+    #[arg(long, default_value_t = 0)]
+    stalled: usize,
+    /// SO_RCVBUF for stalled connections, so they fill the server's queue as a slow link would
+    /// (0 = the kernel's default, which on loopback buffers megabytes first).
+    #[arg(long, default_value_t = 4096)]
+    stalled_recv_buffer: u32,
+    /// Fraction of the connections that keep disconnecting and reconnecting (0..1). Only the others
+    /// are checked for lost messages.
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
+    /// Mean lifetime in seconds of a churning connection (drawn from 0.5x to 1.5x).
+    #[arg(long, default_value_t = 30.0)]
+    churn_lifetime: f64,
     /// Report the server's CPU time (utime+stime from /proc) per delivered message.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -179,6 +194,9 @@ fn run(args: Args) -> Result<()> {
     if args.conns == 0 || args.rooms == 0 || args.rate <= 0.0 || args.duration <= 0.0 {
         bail!("--conns, --rooms, --rate and --duration must be positive");
     }
+    if !(0.0..1.0).contains(&args.churn) || args.churn_lifetime <= 0.0 {
+        bail!("--churn must be in [0, 1) and --churn-lifetime positive");
+    }
     let (addr, host, path) = parse_url(&args.url)?;
     let mode = args.publish.unwrap_or(match args.server {
         Server::Gateway => publish::Mode::Http,
@@ -235,14 +253,14 @@ fn run(args: Args) -> Result<()> {
     }
 
     let per_process = nofile().saturating_sub(200).max(100);
+    let all_conns = args.conns + args.stalled;
     let workers = args
         .workers
-        .unwrap_or(args.conns.div_ceil(per_process))
+        .unwrap_or(all_conns.div_ceil(per_process))
         .max(1);
-    if args.conns.div_ceil(workers) > per_process {
+    if all_conns.div_ceil(workers) > per_process {
         bail!(
-            "{workers} workers cannot hold {} connections under RLIMIT_NOFILE {}",
-            args.conns,
+            "{workers} workers cannot hold {all_conns} connections under RLIMIT_NOFILE {}",
             nofile()
         );
     }
@@ -264,6 +282,10 @@ fn run(args: Args) -> Result<()> {
             tokens: tokens.clone(),
             sources: args.source_ips.clone(),
             connect_timeout_ms: args.connect_timeout_ms,
+            stalled: args.stalled,
+            stalled_recv_buffer: (args.stalled_recv_buffer > 0).then_some(args.stalled_recv_buffer),
+            churn_fraction: args.churn,
+            churn_lifetime_ms: (args.churn_lifetime * 1000.0) as u64,
         };
         let mut child = Command::new(&exe)
             .arg("worker")
@@ -304,7 +326,7 @@ fn run(args: Args) -> Result<()> {
         b.set_message(msg.to_string());
         b
     };
-    let ramp_bar = bar(args.conns as u64, "connecting");
+    let ramp_bar = bar(all_conns as u64, "connecting");
     let mut attempted = vec![0u64; workers];
     let mut ready = 0;
     while ready < workers {
@@ -406,13 +428,20 @@ fn run(args: Args) -> Result<()> {
             stats::record(&mut last, t.saturating_sub(*due) / 1000);
         }
     }
-    let members = |room: usize| (args.conns + args.rooms - 1 - room) / args.rooms;
+    // Every stable (non-churning) member must receive every message of its room.
+    let mut members = vec![0u64; args.rooms];
+    for g in (0..args.conns).filter(|g| !worker::churns(*g, args.churn)) {
+        members[g % args.rooms] += 1;
+    }
     let expected: u64 = sent
         .per_room
         .iter()
-        .map(|(room, n)| n * members(*room) as u64)
+        .map(|(room, n)| n * members.get(*room).copied().unwrap_or(0))
         .sum();
+    let stable = members.iter().sum::<u64>();
     let client_cpu = merged.worker_cpu_secs + worker::cpu_secs();
+    // Per-delivery costs count what churning connections received too.
+    let all_received = (merged.received + merged.churn_received).max(1) as f64;
     let summary = json!({
         "server": format!("{:?}", args.server).to_lowercase(),
         "url": args.url,
@@ -430,15 +459,23 @@ fn run(args: Args) -> Result<()> {
         "lost": merged.lost,
         "duplicates": merged.duplicates,
         "closes": merged.closes,
+        "churn": {
+            "fraction": args.churn,
+            "mean_lifetime_secs": args.churn_lifetime,
+            "stable_connections": stable,
+            "reconnects": merged.churn_cycles,
+            "received": merged.churn_received,
+        },
+        "stalled": {"connections": args.stalled, "ended": merged.stalled},
         "latency": {
             "connect": report::percentiles(&merged.connect),
             "delivery": report::percentiles(&merged.delivery),
             "last_member": report::percentiles(&last),
         },
         "client_cpu_secs": client_cpu,
-        "client_cpu_us_per_delivery": client_cpu * 1e6 / merged.received.max(1) as f64,
+        "client_cpu_us_per_delivery": client_cpu * 1e6 / all_received,
         "server_cpu_secs": server_cpu,
-        "server_cpu_us_per_delivery": server_cpu.map(|c| c * 1e6 / merged.received.max(1) as f64),
+        "server_cpu_us_per_delivery": server_cpu.map(|c| c * 1e6 / all_received),
         "workers": workers,
     });
     let rows = [
@@ -458,14 +495,26 @@ fn run(args: Args) -> Result<()> {
         if let Some(e) = &sent.first_error {
             println!("first publish error: {e}");
         }
+        if args.churn > 0.0 {
+            println!(
+                "churn: {} of {} connections stable (checked for loss); {} reconnects, {} messages to churning connections",
+                stable, args.conns, merged.churn_cycles, merged.churn_received
+            );
+        }
+        if args.stalled > 0 {
+            println!(
+                "stalled connections: {}; ended {:?}",
+                args.stalled, merged.stalled
+            );
+        }
         print!(
             "client CPU {client_cpu:.2} s ({:.2} us per delivery)",
-            client_cpu * 1e6 / merged.received.max(1) as f64
+            client_cpu * 1e6 / all_received
         );
         match server_cpu {
             Some(c) => println!(
                 ", server CPU {c:.2} s ({:.2} us per delivery)",
-                c * 1e6 / merged.received.max(1) as f64
+                c * 1e6 / all_received
             ),
             None => println!(),
         }

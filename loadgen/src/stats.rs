@@ -83,6 +83,14 @@ pub struct WorkerResult {
     /// (room, seq, latest receive time in unix ns) for each message this worker saw.
     pub last_rx: Vec<(u32, u64, u64)>,
     pub cpu_secs: f64,
+    /// Reconnections made by churning connections, and what they received (not loss-checked).
+    #[serde(default)]
+    pub churn_cycles: u64,
+    #[serde(default)]
+    pub churn_received: u64,
+    /// How each stalled (never-reading) connection ended, by cause.
+    #[serde(default)]
+    pub stalled: BTreeMap<String, u64>,
 }
 
 /// Everything merged.
@@ -98,6 +106,9 @@ pub struct Merged {
     pub duplicates: u64,
     pub last_rx: BTreeMap<(u32, u64), u64>,
     pub worker_cpu_secs: f64,
+    pub churn_cycles: u64,
+    pub churn_received: u64,
+    pub stalled: BTreeMap<String, u64>,
 }
 
 pub fn merge(results: &[WorkerResult]) -> Result<Merged> {
@@ -112,6 +123,9 @@ pub fn merge(results: &[WorkerResult]) -> Result<Merged> {
         duplicates: 0,
         last_rx: BTreeMap::new(),
         worker_cpu_secs: 0.0,
+        churn_cycles: 0,
+        churn_received: 0,
+        stalled: BTreeMap::new(),
     };
     for r in results {
         m.connect
@@ -135,6 +149,11 @@ pub fn merge(results: &[WorkerResult]) -> Result<Merged> {
             *e = (*e).max(*t);
         }
         m.worker_cpu_secs += r.cpu_secs;
+        m.churn_cycles += r.churn_cycles;
+        m.churn_received += r.churn_received;
+        for (k, v) in &r.stalled {
+            *m.stalled.entry(k.clone()).or_default() += v;
+        }
     }
     Ok(m)
 }

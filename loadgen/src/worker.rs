@@ -16,7 +16,7 @@ use std::io::{BufRead, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -42,6 +42,27 @@ pub struct WorkerCfg {
     pub tokens: Vec<String>,
     pub sources: Vec<IpAddr>,
     pub connect_timeout_ms: u64,
+    /// Connections `conns..conns + stalled` subscribe and then never read.
+    #[serde(default)]
+    pub stalled: usize,
+    #[serde(default)]
+    pub stalled_recv_buffer: Option<u32>,
+    /// Fraction of the `conns` connections that disconnect and reconnect, after lifetimes drawn
+    /// uniformly from 0.5 to 1.5 times `churn_lifetime_ms`.
+    #[serde(default)]
+    pub churn_fraction: f64,
+    #[serde(default)]
+    pub churn_lifetime_ms: u64,
+}
+
+/// Whether connection `g` churns: a fixed, evenly spread choice, so the main process knows which
+/// connections stay and what they must all receive.
+pub fn churns(g: usize, fraction: f64) -> bool {
+    let h = (g as u64)
+        .wrapping_add(1)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        >> 11;
+    (h as f64 / (1u64 << 53) as f64) < fraction
 }
 
 pub fn room_name(prefix: &str, room: usize) -> String {
@@ -65,6 +86,9 @@ struct State {
     tracks: Vec<(usize, SeqTrack)>,
     last_rx: HashMap<(u32, u64), u64>,
     attempted: usize,
+    churn_cycles: u64,
+    churn_received: u64,
+    stalled: BTreeMap<String, u64>,
 }
 
 fn emit(v: serde_json::Value) {
@@ -92,7 +116,9 @@ async fn run(cfg: WorkerCfg) -> Result<()> {
         ..State::default()
     }));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mine: Vec<usize> = (cfg.index..cfg.conns).step_by(cfg.workers).collect();
+    let mine: Vec<usize> = (cfg.index..cfg.conns + cfg.stalled)
+        .step_by(cfg.workers)
+        .collect();
     let interval = Duration::from_secs_f64(cfg.workers as f64 / cfg.ramp_per_sec.max(0.001));
     let target = Rc::new(Target {
         addr: cfg.addr,
@@ -161,6 +187,9 @@ async fn run(cfg: WorkerCfg) -> Result<()> {
         duplicates,
         last_rx: s.last_rx.iter().map(|((r, q), t)| (*r, *q, *t)).collect(),
         cpu_secs: cpu,
+        churn_cycles: s.churn_cycles,
+        churn_received: s.churn_received,
+        stalled: std::mem::take(&mut s.stalled),
     };
     emit(serde_json::json!({ "result": result }));
     Ok(())
@@ -179,6 +208,19 @@ pub fn cpu_secs() -> f64 {
     }
 }
 
+/// How one WebSocket session ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The run is over (stop on stdin).
+    Stopped,
+    /// A churning connection's lifetime ran out; it closed with 1000.
+    Lifetime,
+    /// The connection could not be made (counted in `failed`).
+    ConnectFailed,
+    /// The server or the network ended it (counted in `closes`).
+    Closed,
+}
+
 async fn connection(
     cfg: &WorkerCfg,
     target: &Target,
@@ -186,41 +228,113 @@ async fn connection(
     state: &Rc<RefCell<State>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    if g >= cfg.conns {
+        return stalled(cfg, target, g, state, stop).await;
+    }
     let room = g % cfg.rooms;
-    let room_name = room_name(&cfg.room_prefix, room);
-    let path = match cfg.server {
+    if !churns(g, cfg.churn_fraction) {
+        let mut track = SeqTrack::default();
+        if session(
+            cfg,
+            target,
+            g,
+            state,
+            &mut stop,
+            None,
+            Some(&mut track),
+            true,
+        )
+        .await
+            != Ended::ConnectFailed
+        {
+            state.borrow_mut().tracks.push((room, track));
+        }
+        return;
+    }
+    let mut first = true;
+    loop {
+        let mean = cfg.churn_lifetime_ms.max(1) as f64;
+        let life = Duration::from_millis((mean * rand::random_range(0.5..1.5)) as u64);
+        let ended = session(cfg, target, g, state, &mut stop, Some(life), None, first).await;
+        first = false;
+        if ended == Ended::Stopped || *stop.borrow() {
+            return;
+        }
+        if ended != Ended::Lifetime {
+            // Refused or dropped: back off briefly instead of hammering the server.
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        state.borrow_mut().churn_cycles += 1;
+    }
+}
+
+fn ws_path(cfg: &WorkerCfg, g: usize, room_name: &str) -> String {
+    match cfg.server {
         Server::Gateway => format!("{}?token={}", cfg.path, cfg.tokens[g % cfg.tokens.len()]),
         Server::Nchan => format!("{}?id={room_name}", cfg.path),
-    };
+    }
+}
+
+fn subscribe_frame(room_name: &str) -> Vec<u8> {
+    let sub = format!(r#"{{"type":"subscribe","id":"s","channel":"{room_name}"}}"#);
+    ws::client_frame(1, sub.as_bytes())
+}
+
+/// One connection from connect to close. Stable connections account for every message in
+/// `track`; churning ones (`lifetime`) only record latency.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    cfg: &WorkerCfg,
+    target: &Target,
+    g: usize,
+    state: &Rc<RefCell<State>>,
+    stop: &mut watch::Receiver<bool>,
+    lifetime: Option<Duration>,
+    mut track: Option<&mut SeqTrack>,
+    first: bool,
+) -> Ended {
+    let room = g % cfg.rooms;
+    let room_name = room_name(&cfg.room_prefix, room);
+    let path = ws_path(cfg, g, &room_name);
     let source = (!cfg.sources.is_empty()).then(|| cfg.sources[g % cfg.sources.len()]);
     let t0 = Instant::now();
     let timeout = Duration::from_millis(cfg.connect_timeout_ms);
     let attempt = tokio::time::timeout(timeout, ws::connect(target, source, &path)).await;
     let (mut stream, rest) = match attempt {
         Ok(Ok(v)) => v,
-        Ok(Err(e)) => return fail(state, e.label()),
-        Err(_) => return fail(state, ws::ConnectError::Timeout.label()),
+        Ok(Err(e)) => {
+            fail(state, e.label(), first);
+            return Ended::ConnectFailed;
+        }
+        Err(_) => {
+            fail(state, ws::ConnectError::Timeout.label(), first);
+            return Ended::ConnectFailed;
+        }
     };
     {
         let mut s = state.borrow_mut();
         if let Some(h) = s.connect.as_mut() {
             stats::record(h, t0.elapsed().as_micros() as u64);
         }
-        s.connected += 1;
-        s.attempted += 1;
-    }
-    if cfg.server == Server::Gateway {
-        let sub = format!(r#"{{"type":"subscribe","id":"s","channel":"{room_name}"}}"#);
-        if stream
-            .write_all(&ws::client_frame(1, sub.as_bytes()))
-            .await
-            .is_err()
-        {
-            return close(state, "write_error");
+        if first {
+            s.connected += 1;
+            s.attempted += 1;
         }
     }
+    if cfg.server == Server::Gateway
+        && stream
+            .write_all(&subscribe_frame(&room_name))
+            .await
+            .is_err()
+    {
+        close(state, "write_error");
+        return Ended::Closed;
+    }
+    let end_of_life = lifetime.map(|l| tokio::time::Instant::now() + l);
     let mut reader = ws::Reader::new(rest, 4096);
-    let mut track = SeqTrack::default();
     let why = 'conn: loop {
         loop {
             let frame = match reader.next() {
@@ -237,8 +351,11 @@ async fn connection(
                         continue;
                     };
                     let now = now_ns();
-                    track.on(seq);
                     let mut s = state.borrow_mut();
+                    match track.as_deref_mut() {
+                        Some(track) => track.on(seq),
+                        None => s.churn_received += 1,
+                    }
                     if let Some(h) = s.delivery.as_mut() {
                         stats::record(h, now.saturating_sub(t) / 1000);
                     }
@@ -257,8 +374,15 @@ async fn connection(
                 Frame::Binary | Frame::Pong => {}
             }
         }
+        let life = async {
+            match end_of_life {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stop.changed() => break 'conn String::new(),
+            _ = life => break 'conn "lifetime".to_string(),
             r = reader.fill(&mut stream) => match r {
                 Ok(true) => {}
                 Ok(false) => break 'conn "eof".to_string(),
@@ -266,20 +390,98 @@ async fn connection(
             },
         }
     };
-    state.borrow_mut().tracks.push((room, track));
-    if !why.is_empty() {
-        close(state, &why);
-    } else {
-        let _ = stream
-            .write_all(&ws::client_frame(0x8, &1000u16.to_be_bytes()))
-            .await;
+    match why.as_str() {
+        "" | "lifetime" => {
+            // A clean close: our close frame, then the server's reply and its FIN.
+            let _ = stream
+                .write_all(&ws::client_frame(0x8, &1000u16.to_be_bytes()))
+                .await;
+            if why == "lifetime" {
+                let mut sink = [0u8; 4096];
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                })
+                .await;
+                return Ended::Lifetime;
+            }
+            Ended::Stopped
+        }
+        _ => {
+            close(state, &why);
+            Ended::Closed
+        }
     }
 }
 
-fn fail(state: &Rc<RefCell<State>>, label: String) {
+/// A connection that subscribes and then never reads until the run ends. Then it reads what the
+/// kernel kept for it, to see whether the server closed it and with which code.
+async fn stalled(
+    cfg: &WorkerCfg,
+    target: &Target,
+    g: usize,
+    state: &Rc<RefCell<State>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let room_name = room_name(&cfg.room_prefix, g % cfg.rooms);
+    let path = ws_path(cfg, g, &room_name);
+    let source = (!cfg.sources.is_empty()).then(|| cfg.sources[g % cfg.sources.len()]);
+    let timeout = Duration::from_millis(cfg.connect_timeout_ms);
+    let attempt = tokio::time::timeout(
+        timeout,
+        ws::connect_with(target, source, &path, cfg.stalled_recv_buffer),
+    )
+    .await;
+    let (mut stream, rest) = match attempt {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return fail(state, format!("stalled {}", e.label()), true),
+        Err(_) => return fail(state, "stalled timeout".into(), true),
+    };
+    state.borrow_mut().attempted += 1;
+    if cfg.server == Server::Gateway
+        && stream
+            .write_all(&subscribe_frame(&room_name))
+            .await
+            .is_err()
+    {
+        *state
+            .borrow_mut()
+            .stalled
+            .entry("write_error".into())
+            .or_default() += 1;
+        return;
+    }
+    let _ = stop.changed().await;
+    let mut reader = ws::Reader::new(rest, 64 * 1024);
+    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            loop {
+                match reader.next() {
+                    Ok(Some(Frame::Close(code))) => {
+                        return code.map_or("close_no_code".into(), |c| format!("close_{c}"))
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => return "protocol_error".to_string(),
+                }
+            }
+            match reader.fill(&mut stream).await {
+                Ok(true) => {}
+                Ok(false) => return "eof_without_close".to_string(),
+                Err(_) => return "reset".to_string(),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| "still_open".to_string());
+    *state.borrow_mut().stalled.entry(outcome).or_default() += 1;
+}
+
+fn fail(state: &Rc<RefCell<State>>, label: String, first: bool) {
     let mut s = state.borrow_mut();
     *s.failed.entry(label).or_default() += 1;
-    s.attempted += 1;
+    if first {
+        s.attempted += 1;
+    }
 }
 
 fn close(state: &Rc<RefCell<State>>, why: &str) {

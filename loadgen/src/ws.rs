@@ -39,12 +39,27 @@ pub async fn connect(
     source: Option<IpAddr>,
     path: &str,
 ) -> Result<(TcpStream, Vec<u8>), ConnectError> {
+    connect_with(target, source, path, None).await
+}
+
+/// As `connect`, optionally with a small receive buffer (a client that stops reading then fills
+/// the server's queue sooner, as a slow mobile link would).
+pub async fn connect_with(
+    target: &Target,
+    source: Option<IpAddr>,
+    path: &str,
+    recv_buffer: Option<u32>,
+) -> Result<(TcpStream, Vec<u8>), ConnectError> {
     let sock = if target.addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
     }
     .map_err(|e| ConnectError::Io(e.to_string()))?;
+    if let Some(n) = recv_buffer {
+        sock.set_recv_buffer_size(n)
+            .map_err(|e| ConnectError::Io(format!("SO_RCVBUF: {e}")))?;
+    }
     if let Some(ip) = source {
         sock.bind(SocketAddr::new(ip, 0))
             .map_err(|e| ConnectError::Io(format!("bind {ip}: {e}")))?;

@@ -101,6 +101,77 @@ fn every_member_gets_every_message_once() {
     assert_eq!(s["lost"], 0);
 }
 
+/// Churning connections come and go while stable ones miss nothing; stalled ones (never reading)
+/// fill their bounded queue and are closed with 1013.
+#[test]
+fn churn_and_stalled_connections() {
+    let overrides = serde_json::json!({
+        "listen": "127.0.0.1:0",
+        "admin_listen": "127.0.0.1:0",
+        "shards": 2,
+        "auth": {"jwt_secret": "e2e-secret", "api_key": "e2e-key"},
+        // Small buffers so a stalled client overflows within the run.
+        "limits": {"queue_bytes": 65536, "socket_send_buffer_bytes": 4096},
+    });
+    let cfg = gateway::config::Config::load(None, overrides).expect("config");
+    let gw = gateway::server::start(cfg).expect("gateway starts");
+    let url = format!("ws://{}/ws", gw.ws_addr);
+    let admin = gw.admin_addr.to_string();
+    let out = loadgen(&[
+        "--url",
+        &url,
+        "--secret",
+        "e2e-secret",
+        "--publish-addr",
+        &admin,
+        "--api-key",
+        "e2e-key",
+        "--conns",
+        "100",
+        "--rooms",
+        "2",
+        "--rate",
+        "100",
+        "--payload-bytes",
+        "2048",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.2",
+        "--drain",
+        "1",
+        "--workers",
+        "2",
+        "--churn",
+        "0.3",
+        "--churn-lifetime",
+        "0.5",
+        "--stalled",
+        "4",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    let stable = s["churn"]["stable_connections"]
+        .as_u64()
+        .expect("stable count");
+    assert!((50..100).contains(&stable), "{s}");
+    assert_eq!(s["expected_deliveries"], stable * 100, "{s}");
+    assert_eq!(s["deliveries"], s["expected_deliveries"], "{s}");
+    assert_eq!(s["lost"], 0, "{s}");
+    assert!(s["churn"]["reconnects"].as_u64() > Some(10), "{s}");
+    assert!(s["churn"]["received"].as_u64() > Some(0), "{s}");
+    assert_eq!(
+        s["stalled"]["ended"],
+        serde_json::json!({"close_1013": 4}),
+        "{s}"
+    );
+}
+
 #[test]
 fn clear_errors_for_a_missing_server_and_a_refused_token() {
     let out = loadgen(&["--url", "ws://127.0.0.1:1/ws", "--conns", "1"]);

@@ -30,7 +30,46 @@ pub const REASONS: [&str; 5] = [
     "bad_priority",
 ];
 
-fn parse_json(bytes: &[u8]) -> Result<Value, Reject> {
+/// Deepest nesting accepted in `data`: the message wraps `data` in one object, and serde_json (in
+/// many clients, and the gateway's own parser for client and HTTP publishes) refuses 128 levels.
+pub const MAX_DATA_DEPTH: usize = 126;
+
+/// Whether the JSON text nests arrays and objects deeper than `max`. Checked before parsing, so a
+/// hostile record costs one pass and cannot recurse deeply in the parser or in `Value`'s drop.
+fn nests_deeper_than(bytes: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+fn parse_json(bytes: &[u8], max_depth: usize) -> Result<Value, Reject> {
+    if nests_deeper_than(bytes, max_depth) {
+        return Err(reject(
+            "bad_json",
+            format!("JSON nested deeper than {max_depth} levels"),
+        ));
+    }
     // simd-json parses in place, so it works on a copy.
     let mut buf = bytes.to_vec();
     simd_json::serde::from_slice::<Value>(&mut buf).map_err(|e| reject("bad_json", e.to_string()))
@@ -62,7 +101,7 @@ pub fn decode(rec: &Record, max_channel_len: usize) -> Result<Publish, Reject> {
         };
         let data = match rec.value.as_deref() {
             None | Some([]) => Value::Null,
-            Some(v) => parse_json(v)?,
+            Some(v) => parse_json(v, MAX_DATA_DEPTH)?,
         };
         return Ok(Publish {
             channel: channel.to_string(),
@@ -79,7 +118,7 @@ pub fn decode(rec: &Record, max_channel_len: usize) -> Result<Publish, Reject> {
         .value
         .as_deref()
         .ok_or_else(|| reject("bad_envelope", "no key and no value"))?;
-    let mut env = match parse_json(value)? {
+    let mut env = match parse_json(value, MAX_DATA_DEPTH + 1)? {
         Value::Object(m) => m,
         _ => {
             return Err(reject(
@@ -188,5 +227,29 @@ mod tests {
             bad(rec(None, Some(r#"{"channel":"c","priority":7}"#), &[])),
             "bad_priority"
         );
+    }
+
+    #[test]
+    fn nesting_is_bounded_as_for_serde_json_clients() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let ok = decode(&rec(Some("c"), Some(&nested(MAX_DATA_DEPTH)), &[]), 100).unwrap();
+        // Wrapped in the message envelope, the deepest accepted data still parses with serde_json.
+        let msg = serde_json::json!({ "data": ok.data }).to_string();
+        assert!(serde_json::from_str::<Value>(&msg).is_ok());
+        let deep = decode(&rec(Some("c"), Some(&nested(MAX_DATA_DEPTH + 1)), &[]), 100);
+        assert_eq!(deep.unwrap_err().reason, "bad_json");
+        let env = format!(r#"{{"channel":"c","data":{}}}"#, nested(MAX_DATA_DEPTH));
+        assert!(decode(&rec(None, Some(&env), &[]), 100).is_ok());
+        let env = format!(r#"{{"channel":"c","data":{}}}"#, nested(MAX_DATA_DEPTH + 1));
+        assert_eq!(
+            decode(&rec(None, Some(&env), &[]), 100).unwrap_err().reason,
+            "bad_json"
+        );
+        // Brackets inside strings (escaped quotes included) do not count.
+        let text = format!(r#"["\"{}"]"#, "[".repeat(500));
+        assert!(decode(&rec(Some("c"), Some(&text), &[]), 100).is_ok());
+        // A million levels is refused without recursing.
+        let huge = decode(&rec(Some("c"), Some(&nested(1_000_000)), &[]), 100);
+        assert_eq!(huge.unwrap_err().reason, "bad_json");
     }
 }
