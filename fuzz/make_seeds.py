@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Writes the hand-made seed inputs of each fuzz target into corpus/<target>/seed-*.
+"""Writes the hand-made seed inputs of each fuzz target into seeds/<target>/.
 
-The corpora committed beside them also hold what the fuzzer found interesting (minimized with
-`cargo fuzz cmin`); scripts/fuzz.sh grows them and tests/fuzz_corpora.rs replays all of them.
+corpus/<target>/ holds what the fuzzer found interesting from them (minimized with `cargo fuzz
+cmin`); scripts/fuzz.sh reads both, and tests/fuzz_corpora.rs replays both.
 """
 import base64, hashlib, hmac, json, os, struct
 
@@ -10,11 +10,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def write(target, name, data):
-    d = os.path.join(HERE, "corpus", target)
+    d = os.path.join(HERE, "seeds", target)
     os.makedirs(d, exist_ok=True)
     if isinstance(data, str):
         data = data.encode()
-    with open(os.path.join(d, "seed-" + name), "wb") as f:
+    with open(os.path.join(d, name), "wb") as f:
         f.write(data)
 
 

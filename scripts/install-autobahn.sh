@@ -5,8 +5,9 @@
 set -euo pipefail
 VERSION=25.10.1
 VENV="${AUTOBAHN_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/gateway/autobahn-venv}"
-if [ -x "$VENV/bin/wstest" ] && "$VENV/bin/pip" show autobahntestsuite 2>/dev/null | grep -q "^Version: $VERSION$"; then
-  exit 0
+if [ -x "$VENV/bin/wstest" ]; then
+  installed=$("$VENV/bin/pip" show autobahntestsuite 2>/dev/null || true)
+  case "$installed" in *"Version: $VERSION"*) exit 0 ;; esac
 fi
 PY=""
 # pyenv's shim answers to `python2.7` even when 2.7 is not selected, so each candidate must run.

@@ -150,7 +150,8 @@ pub struct LimitsConfig {
     /// Bytes queued for one connection before low-priority drops and then close 1013.
     pub queue_bytes: usize,
     /// SO_SNDBUF of client sockets: bounds what the kernel holds for a client that stops reading
-    /// (0 = the kernel's autotuning, up to net.ipv4.tcp_wmem's maximum, often 4 MiB).
+    /// (0 = the kernel's autotuning, up to net.ipv4.tcp_wmem's maximum, often 4 MiB). Linux
+    /// doubles the value for its bookkeeping and caps it at net.core.wmem_max.
     pub socket_send_buffer_bytes: usize,
     /// Sustained client frames per second per connection.
     pub client_frames_per_sec: u32,

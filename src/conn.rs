@@ -95,6 +95,11 @@ impl ConnHandle {
     /// One automatic channel went live; after the last, the welcome goes out ahead of the rest.
     pub fn automatic_channel_live(&self) {
         let mut w = self.welcome.borrow_mut();
+        if self.close.get().is_some() {
+            // Closing already: the close frame may be (partly) written; nothing goes before it.
+            *w = None;
+            return;
+        }
         let Some((text, left)) = w.as_mut() else {
             return;
         };

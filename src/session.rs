@@ -296,9 +296,7 @@ impl Session {
             Ok(true) if self.peer_closed => return Poll::Ready(Event::Wake),
             Ok(true) if self.failed && self.close_sent && !self.half_closed => {
                 self.half_closed = true;
-                // SAFETY: the descriptor belongs to `self.stream`, alive for this borrow.
-                let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
-                let _ = SockRef::from(&fd).shutdown(std::net::Shutdown::Write);
+                let _ = self.sock(|s| s.shutdown(std::net::Shutdown::Write));
             }
             Ok(_) => {}
         }
@@ -323,6 +321,13 @@ impl Session {
         Poll::Pending
     }
 
+    /// A socket2 view of the stream's descriptor, for calls glommio does not offer.
+    fn sock<T>(&self, f: impl FnOnce(SockRef<'_>) -> T) -> T {
+        // SAFETY: the descriptor belongs to `self.stream`, alive for this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
+        f(SockRef::from(&fd))
+    }
+
     /// Writes what is queued, many frames per syscall. Ok(true) when the queue is empty.
     fn flush(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
         for _ in 0..WRITES_PER_POLL {
@@ -335,10 +340,8 @@ impl Session {
                 }
                 let mut iov = [IoSlice::new(&[]); MAX_IOV];
                 let n = q.slices(&mut iov);
-                // SAFETY: the descriptor belongs to `self.stream`, alive for this borrow.
-                let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
                 let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-                match SockRef::from(&fd).send_vectored_with_flags(&iov[..n], flags) {
+                match self.sock(|s| s.send_vectored_with_flags(&iov[..n], flags)) {
                     Ok(w) => w,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         // Let glommio wait for writability (it retries the send itself first).
@@ -468,19 +471,30 @@ impl Session {
                 }
             }
         }
-        // Pongs and the reply to a client's close, bounded like everything else; nothing may
-        // follow a close frame already queued.
-        if !out.is_empty() && !self.close_sent {
+        if self.peer_closed && !self.close_sent {
+            match self.conn.close_requested() {
+                // Our own close was requested and not sent yet: it answers the client's.
+                Some(reason) => self.start_close(reason),
+                None => {
+                    // The reply to the client's close must go out whatever the queue's bound.
+                    if !out.is_empty() {
+                        self.conn
+                            .send_unbounded(Frame::raw(std::mem::take(&mut out)));
+                    }
+                    self.conn.request_close(CLOSE_NORMAL);
+                    self.close_sent = true;
+                    let now = Instant::now();
+                    self.deadline = Some(now + CLOSE_GRACE);
+                    self.rearm(now);
+                }
+            }
+        } else if !out.is_empty() && !self.close_sent {
+            // Pongs, bounded like everything else; nothing may follow a close frame already queued.
             self.conn
                 .send(&Rc::new(Frame::raw(std::mem::take(&mut out))));
         }
         out.clear();
         self.control_out = out;
-        if self.peer_closed && !self.close_sent {
-            self.close_sent = true;
-            self.deadline = Some(Instant::now() + CLOSE_GRACE);
-            self.conn.request_close(CLOSE_NORMAL);
-        }
     }
 
     fn fail(&mut self, reason: CloseReason) {

@@ -1,6 +1,6 @@
-//! Replays every committed fuzz input (fuzz/corpus/<target>/) through the same entry points the
-//! fuzz targets call, so whatever the fuzzer once found stays fixed. scripts/fuzz.sh runs the
-//! fuzzers themselves.
+//! Replays every committed fuzz input (the seeds in fuzz/seeds/<target>/ and what the fuzzer found
+//! in fuzz/corpus/<target>/) through the same entry points the fuzz targets call, so whatever the
+//! fuzzer once found stays fixed. scripts/fuzz.sh runs the fuzzers themselves.
 
 use std::path::Path;
 

@@ -163,8 +163,10 @@ async fn run(cfg: WorkerCfg) -> Result<()> {
         .and_then(|j| serde_json::from_str(j.trim()).ok())
         .unwrap_or_default();
     let _ = stop_tx.send(true);
+    // One deadline for all, beyond the stalled connections' 5 s read, so none is cut short.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
     for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        let _ = tokio::time::timeout_at(deadline, t).await;
     }
 
     let mut s = state.borrow_mut();
@@ -283,6 +285,29 @@ fn subscribe_frame(room_name: &str) -> Vec<u8> {
     ws::client_frame(1, sub.as_bytes())
 }
 
+/// Connects connection `g` (from its source address, within the connect timeout) and upgrades.
+async fn open(
+    cfg: &WorkerCfg,
+    target: &Target,
+    g: usize,
+    room_name: &str,
+    recv_buffer: Option<u32>,
+) -> Result<(tokio::net::TcpStream, Vec<u8>), String> {
+    let path = ws_path(cfg, g, room_name);
+    let source = (!cfg.sources.is_empty()).then(|| cfg.sources[g % cfg.sources.len()]);
+    let timeout = Duration::from_millis(cfg.connect_timeout_ms);
+    match tokio::time::timeout(
+        timeout,
+        ws::connect_with(target, source, &path, recv_buffer),
+    )
+    .await
+    {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.label()),
+        Err(_) => Err(ws::ConnectError::Timeout.label()),
+    }
+}
+
 /// One connection from connect to close. Stable connections account for every message in
 /// `track`; churning ones (`lifetime`) only record latency.
 #[allow(clippy::too_many_arguments)]
@@ -298,21 +323,16 @@ async fn session(
 ) -> Ended {
     let room = g % cfg.rooms;
     let room_name = room_name(&cfg.room_prefix, room);
-    let path = ws_path(cfg, g, &room_name);
-    let source = (!cfg.sources.is_empty()).then(|| cfg.sources[g % cfg.sources.len()]);
     let t0 = Instant::now();
-    let timeout = Duration::from_millis(cfg.connect_timeout_ms);
-    let attempt = tokio::time::timeout(timeout, ws::connect(target, source, &path)).await;
-    let (mut stream, rest) = match attempt {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            fail(state, e.label(), first);
-            return Ended::ConnectFailed;
-        }
-        Err(_) => {
-            fail(state, ws::ConnectError::Timeout.label(), first);
-            return Ended::ConnectFailed;
-        }
+    let (mut stream, rest) = tokio::select! {
+        _ = stop.changed() => return Ended::Stopped,
+        r = open(cfg, target, g, &room_name, None) => match r {
+            Ok(v) => v,
+            Err(label) => {
+                fail(state, label, first);
+                return Ended::ConnectFailed;
+            }
+        },
     };
     {
         let mut s = state.borrow_mut();
@@ -398,16 +418,24 @@ async fn session(
                 .await;
             if why == "lifetime" {
                 let mut sink = [0u8; 4096];
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                let drain = tokio::time::timeout(Duration::from_secs(2), async {
                     while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-                })
-                .await;
+                });
+                tokio::select! {
+                    _ = stop.changed() => return Ended::Stopped,
+                    _ = drain => {}
+                }
                 return Ended::Lifetime;
             }
             Ended::Stopped
         }
         _ => {
-            close(state, &why);
+            // Closes of churning connections are counted apart from the stable ones'.
+            let label = match track {
+                Some(_) => why,
+                None => format!("churn {why}"),
+            };
+            close(state, &label);
             Ended::Closed
         }
     }
@@ -423,18 +451,9 @@ async fn stalled(
     mut stop: watch::Receiver<bool>,
 ) {
     let room_name = room_name(&cfg.room_prefix, g % cfg.rooms);
-    let path = ws_path(cfg, g, &room_name);
-    let source = (!cfg.sources.is_empty()).then(|| cfg.sources[g % cfg.sources.len()]);
-    let timeout = Duration::from_millis(cfg.connect_timeout_ms);
-    let attempt = tokio::time::timeout(
-        timeout,
-        ws::connect_with(target, source, &path, cfg.stalled_recv_buffer),
-    )
-    .await;
-    let (mut stream, rest) = match attempt {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return fail(state, format!("stalled {}", e.label()), true),
-        Err(_) => return fail(state, "stalled timeout".into(), true),
+    let (mut stream, rest) = match open(cfg, target, g, &room_name, cfg.stalled_recv_buffer).await {
+        Ok(v) => v,
+        Err(label) => return fail(state, format!("stalled {label}"), true),
     };
     state.borrow_mut().attempted += 1;
     if cfg.server == Server::Gateway
@@ -476,11 +495,14 @@ async fn stalled(
     *state.borrow_mut().stalled.entry(outcome).or_default() += 1;
 }
 
+/// A failed connect; a churning connection's failed reconnects are counted apart.
 fn fail(state: &Rc<RefCell<State>>, label: String, first: bool) {
     let mut s = state.borrow_mut();
-    *s.failed.entry(label).or_default() += 1;
     if first {
         s.attempted += 1;
+        *s.failed.entry(label).or_default() += 1;
+    } else {
+        *s.failed.entry(format!("reconnect {label}")).or_default() += 1;
     }
 }
 

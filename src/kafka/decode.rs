@@ -248,6 +248,17 @@ mod tests {
         // Brackets inside strings (escaped quotes included) do not count.
         let text = format!(r#"["\"{}"]"#, "[".repeat(500));
         assert!(decode(&rec(Some("c"), Some(&text), &[]), 100).is_ok());
+        // An escaped backslash ends before the quote: the next string's brackets do not count
+        // either, and the brackets after it do.
+        let text = format!(r#"["\\", "{}"]"#, "[".repeat(500));
+        assert!(decode(&rec(Some("c"), Some(&text), &[]), 100).is_ok());
+        let text = format!(r#"["\\", {}]"#, nested(MAX_DATA_DEPTH));
+        assert_eq!(
+            decode(&rec(Some("c"), Some(&text), &[]), 100)
+                .unwrap_err()
+                .reason,
+            "bad_json"
+        );
         // A million levels is refused without recursing.
         let huge = decode(&rec(Some("c"), Some(&nested(1_000_000)), &[]), 100);
         assert_eq!(huge.unwrap_err().reason, "bad_json");
