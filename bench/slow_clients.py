@@ -3,10 +3,10 @@
 
     python3 bench/slow_clients.py            # results in bench/results/slow_clients/
 
-Two runs with the same load, each against a fresh gateway pinned to CPU 0 (one shard) with
-`loadgen` pinned to CPU 1: a baseline, then the same plus `--stalled` connections that subscribe
-(spread over every room) and never read again, with a 4 KiB receive buffer as a slow link would
-have. A stalled connection's messages pile up in the kernel's send buffer and then in its bounded
+Runs with the same load, each against a fresh gateway pinned to CPU 0 (one shard) with `loadgen`
+pinned to CPU 1: a baseline, then the same plus `--stalled` connections that subscribe (spread over
+every room) and never read again, with a 4 KiB receive buffer as a slow link would have; both with
+the kernel's send-buffer autotuning and with `limits.socket_send_buffer_bytes` set (`--send-buffers`). A stalled connection's messages pile up in the kernel's send buffer and then in its bounded
 queue (`limits.queue_bytes`) until the gateway closes it with 1013 and frees the queue. The script
 samples the gateway's RSS and open descriptors, and the bytes the kernel holds for its sockets
 (Send-Q from `ss`), every half second, and compares the readers' latency percentiles.
@@ -59,13 +59,14 @@ class Sampler(threading.Thread):
             time.sleep(0.5)
 
 
-def one(args, stalled):
+def one(args, stalled, send_buffer):
+    os.environ["GATEWAY_LIMITS__SOCKET_SEND_BUFFER_BYTES"] = str(send_buffer)
     gw = bench.Gateway()
     pid = gw.start(args.conns + stalled)
     base_rss, base_fds = bench.rss_kib(pid), fds(pid)
     sampler = Sampler(pid)
     sampler.start()
-    out = os.path.join(OUT, f"stalled-{stalled}")
+    out = os.path.join(OUT, f"stalled-{stalled}-sndbuf-{send_buffer}")
     cmd = ["taskset", "-c", "1", bench.LOADGEN, *gw.loadgen_args(), "--conns", str(args.conns),
            "--rooms", str(args.rooms), "--rate", str(args.rate), "--duration", str(args.duration),
            "--payload-bytes", str(args.payload), "--stalled", str(stalled), "--ramp", "2000",
@@ -79,6 +80,7 @@ def one(args, stalled):
     s = sampler.samples
     return {
         "stalled": stalled,
+        "send_buffer": send_buffer,
         "summary": summary,
         "slow_consumer_closes": closes,
         "baseline_rss_kib": base_rss,
@@ -97,15 +99,15 @@ def markdown(runs, args):
         f"Readers: {args.conns} connections in {args.rooms} rooms, {args.rate:g} messages/s of "
         f"{args.payload} B payload for {args.duration:g} s (gateway 1 shard on CPU 0, loadgen on CPU 1).",
         "",
-        "| stalled conns | reader p50 ms | p99 ms | p99.9 ms | max ms | delivered / expected | lost "
+        "| socket_send_buffer_bytes | stalled conns | reader p50 ms | p99 ms | p99.9 ms | max ms | delivered / expected | lost "
         "| stalled ended | 1013 closes | peak RSS MiB | end RSS MiB | peak kernel Send-Q MiB "
         "| server CPU us/delivery | client CPU us/delivery |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         s = r["summary"]
         lines.append(
-            f"| {r['stalled']} | {lat(r, 'p50')} | {lat(r, 'p99')} | {lat(r, 'p99.9')} | {lat(r, 'max')} "
+            f"| {r['send_buffer'] or 'kernel'} | {r['stalled']} | {lat(r, 'p50')} | {lat(r, 'p99')} | {lat(r, 'p99.9')} | {lat(r, 'max')} "
             f"| {s['deliveries']} / {s['expected_deliveries']} | {s['lost']} | {s['stalled']['ended']} "
             f"| {r['slow_consumer_closes']:.0f} | {r['peak_rss_kib'] / 1024:.1f} | {r['end_rss_kib'] / 1024:.1f} "
             f"| {r['peak_send_q_bytes'] / 2**20:.1f} | {s['server_cpu_us_per_delivery'] or 0:.2f} "
@@ -121,10 +123,13 @@ def main():
     p.add_argument("--payload", type=int, default=2048)
     p.add_argument("--duration", type=float, default=30)
     p.add_argument("--stalled", type=int, default=200)
+    p.add_argument("--send-buffers", default="0,65536",
+                   help="limits.socket_send_buffer_bytes values to run (0 = kernel autotuning)")
     args = p.parse_args()
     subprocess.run(["cargo", "build", "--release", "--workspace"], check=True, cwd=bench.ROOT)
     os.makedirs(OUT, exist_ok=True)
-    runs = [one(args, 0), one(args, args.stalled)]
+    runs = [one(args, stalled, int(b)) for b in args.send_buffers.split(",")
+            for stalled in (0, args.stalled)]
     with open(os.path.join(OUT, "summary.json"), "w") as f:
         json.dump({"args": vars(args), "runs": runs}, f, indent=1)
     md = markdown(runs, args)

@@ -149,9 +149,10 @@ pub struct LimitsConfig {
     pub handshake_timeout_ms: u64,
     /// Bytes queued for one connection before low-priority drops and then close 1013.
     pub queue_bytes: usize,
-    /// SO_SNDBUF of client sockets: bounds what the kernel holds for a client that stops reading
-    /// (0 = the kernel's autotuning, up to net.ipv4.tcp_wmem's maximum, often 4 MiB). Linux
-    /// doubles the value for its bookkeeping and caps it at net.core.wmem_max.
+    /// SO_SNDBUF of client sockets: bounds what the kernel holds for a client that stops reading,
+    /// so the bounded queue behind it fills and the client is closed with 1013 (0 = the kernel's
+    /// autotuning, up to net.ipv4.tcp_wmem's maximum, often 4 MiB per client). Linux doubles the
+    /// value for its bookkeeping and caps it at net.core.wmem_max.
     pub socket_send_buffer_bytes: usize,
     /// Sustained client frames per second per connection.
     pub client_frames_per_sec: u32,
@@ -225,7 +226,7 @@ impl Default for LimitsConfig {
             max_handshake_bytes: 8 * 1024,
             handshake_timeout_ms: 5_000,
             queue_bytes: 256 * 1024,
-            socket_send_buffer_bytes: 0,
+            socket_send_buffer_bytes: 64 * 1024,
             client_frames_per_sec: 50,
             client_frames_burst: 100,
             max_channel_len: 200,
