@@ -5,12 +5,16 @@ use serde_json::Value;
 use std::process::Command;
 
 fn gateway() -> gateway::server::Running {
+    gateway_with_limits(serde_json::json!({"max_connections_per_user": 1000}))
+}
+
+fn gateway_with_limits(limits: Value) -> gateway::server::Running {
     let overrides = serde_json::json!({
         "listen": "127.0.0.1:0",
         "admin_listen": "127.0.0.1:0",
         "shards": 2,
         "auth": {"jwt_secret": "e2e-secret", "api_key": "e2e-key"},
-        "limits": {"max_connections_per_user": 1000},
+        "limits": limits,
     });
     let cfg = gateway::config::Config::load(None, overrides).expect("config");
     gateway::server::start(cfg).expect("gateway starts")
@@ -105,16 +109,10 @@ fn every_member_gets_every_message_once() {
 /// fill their bounded queue and are closed with 1013.
 #[test]
 fn churn_and_stalled_connections() {
-    let overrides = serde_json::json!({
-        "listen": "127.0.0.1:0",
-        "admin_listen": "127.0.0.1:0",
-        "shards": 2,
-        "auth": {"jwt_secret": "e2e-secret", "api_key": "e2e-key"},
-        // Small buffers so a stalled client overflows within the run.
-        "limits": {"queue_bytes": 65536, "socket_send_buffer_bytes": 4096},
-    });
-    let cfg = gateway::config::Config::load(None, overrides).expect("config");
-    let gw = gateway::server::start(cfg).expect("gateway starts");
+    // Small buffers so a stalled client overflows within the run.
+    let gw = gateway_with_limits(
+        serde_json::json!({"queue_bytes": 65536, "socket_send_buffer_bytes": 4096}),
+    );
     let url = format!("ws://{}/ws", gw.ws_addr);
     let admin = gw.admin_addr.to_string();
     let out = loadgen(&[
