@@ -20,6 +20,25 @@ fn gateway_with_limits(limits: Value) -> gateway::server::Running {
     gateway::server::start(cfg).expect("gateway starts")
 }
 
+/// loadgen against `gw` with the test secret, publishing over its admin API unless `args` say
+/// otherwise.
+fn loadgen_against(gw: &gateway::server::Running, args: &[&str]) -> std::process::Output {
+    let url = format!("ws://{}/ws", gw.ws_addr);
+    let admin = gw.admin_addr.to_string();
+    let mut all = vec![
+        "--url",
+        &url,
+        "--secret",
+        "e2e-secret",
+        "--publish-addr",
+        &admin,
+        "--api-key",
+        "e2e-key",
+    ];
+    all.extend_from_slice(args);
+    loadgen(&all)
+}
+
 fn loadgen(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(args)
@@ -30,33 +49,26 @@ fn loadgen(args: &[&str]) -> std::process::Output {
 #[test]
 fn every_member_gets_every_message_once() {
     let gw = gateway();
-    let url = format!("ws://{}/ws", gw.ws_addr);
-    let admin = gw.admin_addr.to_string();
-    let out = loadgen(&[
-        "--url",
-        &url,
-        "--secret",
-        "e2e-secret",
-        "--publish-addr",
-        &admin,
-        "--api-key",
-        "e2e-key",
-        "--conns",
-        "200",
-        "--rooms",
-        "4",
-        "--rate",
-        "40",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.2",
-        "--drain",
-        "1",
-        "--workers",
-        "2",
-        "--json",
-    ]);
+    let out = loadgen_against(
+        &gw,
+        &[
+            "--conns",
+            "200",
+            "--rooms",
+            "4",
+            "--rate",
+            "40",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--drain",
+            "1",
+            "--workers",
+            "2",
+            "--json",
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -74,27 +86,26 @@ fn every_member_gets_every_message_once() {
     assert_eq!(s["latency"]["connect"]["count"], 200);
 
     // The same through `publish` frames.
-    let out = loadgen(&[
-        "--url",
-        &url,
-        "--secret",
-        "e2e-secret",
-        "--publish",
-        "ws",
-        "--conns",
-        "50",
-        "--rooms",
-        "5",
-        "--rate",
-        "20",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.2",
-        "--drain",
-        "1",
-        "--json",
-    ]);
+    let out = loadgen_against(
+        &gw,
+        &[
+            "--publish",
+            "ws",
+            "--conns",
+            "50",
+            "--rooms",
+            "5",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--drain",
+            "1",
+            "--json",
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -113,41 +124,34 @@ fn churn_and_stalled_connections() {
     let gw = gateway_with_limits(
         serde_json::json!({"queue_bytes": 65536, "socket_send_buffer_bytes": 4096}),
     );
-    let url = format!("ws://{}/ws", gw.ws_addr);
-    let admin = gw.admin_addr.to_string();
-    let out = loadgen(&[
-        "--url",
-        &url,
-        "--secret",
-        "e2e-secret",
-        "--publish-addr",
-        &admin,
-        "--api-key",
-        "e2e-key",
-        "--conns",
-        "100",
-        "--rooms",
-        "2",
-        "--rate",
-        "100",
-        "--payload-bytes",
-        "2048",
-        "--duration",
-        "2",
-        "--warmup",
-        "0.2",
-        "--drain",
-        "1",
-        "--workers",
-        "2",
-        "--churn",
-        "0.3",
-        "--churn-lifetime",
-        "0.5",
-        "--stalled",
-        "4",
-        "--json",
-    ]);
+    let out = loadgen_against(
+        &gw,
+        &[
+            "--conns",
+            "100",
+            "--rooms",
+            "2",
+            "--rate",
+            "100",
+            "--payload-bytes",
+            "2048",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.2",
+            "--drain",
+            "1",
+            "--workers",
+            "2",
+            "--churn",
+            "0.3",
+            "--churn-lifetime",
+            "0.5",
+            "--stalled",
+            "4",
+            "--json",
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
