@@ -2,8 +2,8 @@
 //! `/stats` and `POST /api/publish`. Nothing here runs on a shard.
 
 use crate::message::Publish;
+use crate::node::Node;
 use crate::protocol::{check_channel, parse_priority, ErrorCode};
-use crate::server::Node;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -116,6 +116,7 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Resp, std::co
         }
         (&Method::GET, "/stats") => stats(&node).await,
         (&Method::POST, "/api/publish") => publish(&node, req).await,
+        (&Method::POST, "/debug/stall") if node.config.test_hooks => stall(&node, &req),
         (_, "/health" | "/metrics" | "/stats" | "/api/publish") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::BadRequest,
@@ -130,9 +131,41 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Resp, std::co
     Ok(resp)
 }
 
-/// 503 only while draining: a node whose Kafka is down still serves its clients, so it stays in
-/// the load balancer and says `degraded`.
+/// Test hook: `POST /debug/stall?shard=N&ms=M` blocks shard N's thread for M ms.
+fn stall(node: &Node, req: &Request<Incoming>) -> Resp {
+    let q = req.uri().query().unwrap_or("");
+    let arg = |k: &str| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(key, _)| key == k)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    let (Some(shard), Some(ms)) = (arg("shard"), arg("ms")) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "shard and ms are required",
+        );
+    };
+    let d = Duration::from_millis(ms.min(60_000));
+    if !node.bus.stall(shard as usize, d) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "no such shard",
+        );
+    }
+    json_response(StatusCode::OK, &json!({"ok": true}))
+}
+
+/// 503 until every shard listens (`starting`) and while draining: a node whose Kafka is down still
+/// serves its clients, so it stays in the load balancer and says `degraded`.
 fn health(node: &Node) -> Resp {
+    if !node.is_ready() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "starting"}),
+        );
+    }
     if node.is_draining() {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -167,7 +167,7 @@ impl Claims {
 
     /// May this user subscribe to `channel`? Without a `channels` claim only its own channels.
     pub fn may_subscribe(&self, channel: &str) -> bool {
-        if channel == crate::router::BROADCAST || channel == self.user_channel() {
+        if channel == crate::topology::BROADCAST || channel == self.user_channel() {
             return true;
         }
         self.channels.as_deref().is_some_and(|p| allows(p, channel))

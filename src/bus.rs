@@ -3,7 +3,7 @@
 
 use crate::message::Publish;
 use crate::protocol::{ErrorCode, Refusal};
-use crate::router::owner_of;
+use crate::topology::owner_of;
 use futures_channel::oneshot;
 use serde_json::Value;
 
@@ -17,6 +17,8 @@ pub enum Control {
     Stats(oneshot::Sender<Value>),
     /// Stop accepting and close every connection with 1001.
     Drain,
+    /// Test hook (`test_hooks`): block the shard's thread this long.
+    Stall(std::time::Duration),
 }
 
 #[derive(Clone)]
@@ -58,6 +60,13 @@ impl Bus {
             });
         }
         out
+    }
+
+    /// Test hook: makes `shard` block its thread for `d` (false if there is no such shard).
+    pub fn stall(&self, shard: usize, d: std::time::Duration) -> bool {
+        self.shards
+            .get(shard)
+            .is_some_and(|s| s.try_send(Control::Stall(d)).is_ok())
     }
 
     pub fn drain(&self) {

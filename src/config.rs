@@ -34,6 +34,8 @@ pub struct Config {
     pub session: SessionConfig,
     pub history: HistoryConfig,
     pub kafka: KafkaConfig,
+    /// Test-only hooks on the admin listener (`POST /debug/stall`); never in production.
+    pub test_hooks: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +162,12 @@ pub struct LimitsConfig {
     pub client_frames_burst: u32,
     /// Longest channel name accepted.
     pub max_channel_len: usize,
+    /// Deliveries waiting for one peer shard; beyond it a delivery is dropped and that shard's
+    /// members of the channel are closed with 1013 (they recover with `since`).
+    pub peer_queue_messages: usize,
+    /// Time allowed for one `since` recovery; a longer one ends with 1013 (the client resumes
+    /// from the last `pos` it got).
+    pub recovery_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,6 +190,8 @@ pub struct HistoryConfig {
     pub size: usize,
     /// How long a message stays recoverable.
     pub ttl_secs: u64,
+    /// History bytes per shard, all channels together; the oldest messages go first beyond it.
+    pub max_bytes: usize,
 }
 
 impl Default for Config {
@@ -198,6 +208,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             history: HistoryConfig::default(),
             kafka: KafkaConfig::default(),
+            test_hooks: false,
         }
     }
 }
@@ -230,6 +241,8 @@ impl Default for LimitsConfig {
             client_frames_per_sec: 50,
             client_frames_burst: 100,
             max_channel_len: 200,
+            peer_queue_messages: 65_536,
+            recovery_timeout_ms: 60_000,
         }
     }
 }
@@ -249,6 +262,7 @@ impl Default for HistoryConfig {
         HistoryConfig {
             size: 256,
             ttl_secs: 300,
+            max_bytes: 64 << 20,
         }
     }
 }
@@ -279,8 +293,11 @@ impl Config {
         if self.listen.port() != 0 && self.listen == self.admin_listen {
             bail!("listen and admin_listen must differ");
         }
-        if self.shards > crate::router::MAX_SHARDS {
-            bail!("at most {} shards are supported", crate::router::MAX_SHARDS);
+        if self.shards > crate::topology::MAX_SHARDS {
+            bail!(
+                "at most {} shards are supported",
+                crate::topology::MAX_SHARDS
+            );
         }
         if self.limits.queue_bytes < 4096 {
             bail!("limits.queue_bytes must be at least 4096");
@@ -293,6 +310,12 @@ impl Config {
         }
         if self.history.size == 0 {
             bail!("history.size must be positive");
+        }
+        if self.history.max_bytes < 64 * 1024 {
+            bail!("history.max_bytes must be at least 65536");
+        }
+        if self.limits.peer_queue_messages == 0 {
+            bail!("limits.peer_queue_messages must be positive");
         }
         let k = &self.kafka;
         if k.enabled() {
@@ -337,7 +360,7 @@ impl Config {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
-                .min(crate::router::MAX_SHARDS)
+                .min(crate::topology::MAX_SHARDS)
         }
     }
 

@@ -23,6 +23,10 @@ pub const CLOSE_SHUTDOWN: CloseReason = CloseReason {
     code: 1001,
     reason: "gateway shutting down",
 };
+pub const CLOSE_LOST: CloseReason = CloseReason {
+    code: 1013,
+    reason: "messages could not reach this connection: reconnect and resubscribe with since",
+};
 pub const CLOSE_EXPIRED: CloseReason = CloseReason {
     code: 1008,
     reason: "token expired",
@@ -33,9 +37,8 @@ pub struct ConnHandle {
     queue: RefCell<OutQueue>,
     waker: Cell<Option<Waker>>,
     close: Cell<Option<CloseReason>>,
-    /// The welcome, held back (and the queue with it) until the automatic channels are live, so that
-    /// it is the first frame and anything published after it reaches the client.
-    welcome: RefCell<Option<(String, u8)>>,
+    /// A recovery waits for the queue to drain below half its bound before its next page.
+    room_wanted: Cell<bool>,
     metrics: ShardMetrics,
 }
 
@@ -46,7 +49,7 @@ impl ConnHandle {
             queue: RefCell::new(OutQueue::new(queue_bytes)),
             waker: Cell::new(None),
             close: Cell::new(None),
-            welcome: RefCell::new(None),
+            room_wanted: Cell::new(false),
             metrics,
         }
     }
@@ -83,36 +86,23 @@ impl ConnHandle {
         }
     }
 
-    /// Holds the queue until `channels` automatic channels are live, then sends `welcome` first.
-    pub fn hold_for_welcome(&self, welcome: String, channels: u8) {
-        *self.welcome.borrow_mut() = Some((welcome, channels));
+    /// A recovery of this connection waits for room in the queue.
+    pub fn want_room(&self) {
+        self.room_wanted.set(true);
     }
 
-    pub fn is_held(&self) -> bool {
-        self.welcome.borrow().is_some()
-    }
-
-    /// One automatic channel went live; after the last, the welcome goes out ahead of the rest.
-    pub fn automatic_channel_live(&self) {
-        let mut w = self.welcome.borrow_mut();
-        if self.close.get().is_some() {
-            // Closing already: the close frame may be (partly) written; nothing goes before it.
-            *w = None;
-            return;
+    /// Whether a recovery waits for room and the queue now has it (below half its bound); clears
+    /// the wish when it does.
+    pub fn room_for_recovery(&self) -> bool {
+        if !self.room_wanted.get() {
+            return false;
         }
-        let Some((text, left)) = w.as_mut() else {
-            return;
-        };
-        *left -= 1;
-        if *left > 0 {
-            return;
+        let q = self.queue.borrow();
+        if q.bytes() >= q.max_bytes() / 2 {
+            return false;
         }
-        let frame = Rc::new(Frame::text(text));
-        *w = None;
-        drop(w);
-        self.metrics.queue_bytes.inc_by(frame.len() as i64);
-        self.queue.borrow_mut().push_front(frame);
-        self.wake();
+        self.room_wanted.set(false);
+        true
     }
 
     /// Asks the session to close with `reason` (the first request wins).

@@ -2,14 +2,14 @@
 //! (tests/fuzz_corpora.rs). Each runs the gateway's own parsing code on arbitrary bytes and asserts
 //! what must hold for any input; a panic is a finding.
 
+use crate::accept::handshake;
 use crate::auth::Verifier;
 use crate::config::{AuthConfig, Config};
-use crate::handshake;
 use crate::kafka::{self, decode};
 use crate::message::{Frame, Msg};
 use crate::protocol::{self, check_channel, ErrorCode, Filter, Refusal, Request};
-use crate::router;
 use crate::session::{self, Io};
+use crate::topology;
 use rskafka::record::Record;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -103,7 +103,7 @@ pub fn client_request(text: &str) {
         if let Some((_, partition, offset)) = kafka::parse_pos(since) {
             assert!(partition >= 0 && offset >= 0);
         }
-        let _ = router::parse_pos(since);
+        let _ = topology::parse_pos(since);
     }
     assert_json(&protocol::reply_ok(&req.id, None));
     assert_json(&protocol::pong(&req.id));
@@ -179,7 +179,7 @@ pub fn kafka_record(data: &[u8]) {
         Ok(publish) => {
             assert!(check_channel(&publish.channel, cfg.limits.max_channel_len).is_ok());
             assert!((1..=4).contains(&publish.priority));
-            assert!(router::owner_of(&publish.channel, 2) < 2);
+            assert!(topology::owner_of(&publish.channel, 2) < 2);
             let channel: Arc<str> = Arc::from(publish.channel.as_str());
             let pos = kafka::format_pos("push", 0, 7);
             let msg = Msg::new(publish, channel.clone(), kafka::stream_id(0, 0), 7, pos);

@@ -1,26 +1,31 @@
 //! A thread-per-core WebSocket push gateway on io_uring (glommio).
 //!
-//! Data flows one way: accept (`listener`) -> handshake and auth (`handshake`, `auth`) -> `session`
-//! -> shard `router` -> sockets; sources (HTTP publish through the `bus`, client publish) -> `router`.
-//! See docs/ARCHITECTURE.md.
+//! The folders follow a connection's path and a message's path (docs/ARCHITECTURE.md):
+//!
+//! - `server`, `shard`, `node`: the process, one executor per core, what they share;
+//! - `accept/`: the listener, the HTTP upgrade, admission (limits, JWT via `auth`, slots);
+//! - `session/`: one connection's task (codec, requests, writes, timers); `conn` and `outq` are
+//!   what the router sees of it: a waker and a bounded queue of shared frames;
+//! - `route/`: membership, sequencing and history, recovery, fan-out (no I/O of its own);
+//! - `mesh`: messages between shards; sources: `bus` (admin to shard), `kafka/`, client publishes;
+//! - `admin`, `metrics`, `protocol`, `message`, `topology`, `config`; `fuzz` for the fuzz targets.
 
+pub mod accept;
 pub mod admin;
 pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod conn;
 pub mod fuzz;
-pub mod handshake;
-pub mod history;
 pub mod kafka;
-pub mod listener;
 pub mod mesh;
 pub mod message;
 pub mod metrics;
+pub mod node;
 pub mod outq;
 pub mod protocol;
-pub mod router;
+pub mod route;
 pub mod server;
 pub mod session;
 pub mod shard;
-pub mod users;
+pub mod topology;

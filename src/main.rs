@@ -93,6 +93,18 @@ struct ServeArgs {
     /// Seconds a message stays recoverable.
     #[arg(long)]
     history_ttl_secs: Option<u64>,
+    /// History bytes per shard; the oldest messages go first beyond it.
+    #[arg(long)]
+    history_max_bytes: Option<usize>,
+    /// Deliveries waiting for one peer shard before its members of the channel are closed (1013).
+    #[arg(long)]
+    peer_queue_messages: Option<usize>,
+    /// Time allowed for one `since` recovery.
+    #[arg(long)]
+    recovery_timeout_ms: Option<u64>,
+    /// Test-only admin hooks (`POST /debug/stall`); never in production.
+    #[arg(long, hide = true)]
+    test_hooks: bool,
     /// Time allowed for clients to close after SIGTERM.
     #[arg(long)]
     drain_timeout_ms: Option<u64>,
@@ -211,6 +223,18 @@ impl ServeArgs {
         set(&mut o, "session.heartbeat_ms", self.heartbeat_ms);
         set(&mut o, "history.size", self.history_size);
         set(&mut o, "history.ttl_secs", self.history_ttl_secs);
+        set(&mut o, "history.max_bytes", self.history_max_bytes);
+        set(
+            &mut o,
+            "limits.peer_queue_messages",
+            self.peer_queue_messages,
+        );
+        set(
+            &mut o,
+            "limits.recovery_timeout_ms",
+            self.recovery_timeout_ms,
+        );
+        set(&mut o, "test_hooks", self.test_hooks.then_some(true));
         set(&mut o, "kafka.brokers", self.kafka_brokers);
         set(&mut o, "kafka.push_topics", self.kafka_push_topics);
         set(&mut o, "kafka.upstream_topic", self.kafka_upstream_topic);

@@ -1,20 +1,37 @@
 //! What shards say to each other over glommio's channel mesh, and the outbound side of it.
 //!
+//! Two policies share one FIFO per peer. **Control** messages (membership, recovery pages, slot
+//! grants, acknowledgements, Kafka records handed to a channel's owner) are never dropped: how many
+//! can wait is bounded by what causes them (connections, subscriptions, and Kafka batches, whose
+//! consumer waits while a peer is behind). **Data** messages (`Deliver`, forwarded publishes) wait
+//! at most `limits.peer_queue_messages` per peer; a send beyond that hands the message back to the
+//! caller, which decides its fate (a publish is refused, a lost delivery is reported with `Lost`
+//! in its place so the peer's members are closed with 1013 and recover with `since`).
+//!
 //! A shard never awaits a mesh send on the path that handles mesh input (two shards blocked sending
-//! to each other would deadlock); it queues into a bounded local channel per peer, drained by one
-//! forwarder task per peer, which keeps each pair of shards FIFO.
+//! to each other would deadlock): messages wait in the per-peer queue, drained by one forwarder task
+//! per peer, which keeps each pair of shards FIFO.
 
+use crate::kafka::Decoded;
 use crate::message::{Msg, Publish};
 use crate::metrics::ShardMetrics;
 use crate::protocol::Refusal;
-use crate::users::SlotKind;
+use crate::topology::Stream;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
-use glommio::channels::local_channel::{self, LocalSender};
 use serde_json::Value;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 
 pub type Mesh = MeshBuilder<MeshMsg, Full>;
+
+/// Slots per pair of shards in glommio's mesh. The mesh preallocates every slot of every pair
+/// (shards² of them), so it is kept small and messages are kept to two words: bursts wait in the
+/// per-peer queue in front of it instead.
+pub const MESH_CAPACITY: usize = 128;
 
 /// Where the acknowledgement of a client publish goes.
 #[derive(Debug)]
@@ -24,17 +41,63 @@ pub struct ConnAck {
     pub id: Value,
 }
 
-#[derive(Debug)]
-pub enum MeshMsg {
-    /// To the channel's owner: sequence, keep in history, fan out.
+/// Identifies one recovery of one member: the member's shard, its connection and a number unique
+/// on that shard, so an answer to an earlier recovery is never taken for a later one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Corr {
+    pub shard: usize,
+    pub conn: u64,
+    pub gen: u64,
+}
+
+/// What a connection slot is counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SlotKind {
+    /// A user; the key is the user's channel `user:<sub>`, whose owner keeps the count and, from
+    /// it, which shards the user's personal messages go to.
+    User,
+    /// A client address.
+    Ip,
+}
+
+/// One page of a recovery, as the owner answers it.
+pub enum PageResult {
+    /// Messages after the cursor, in order; the cursor moves to `next_after`. `done`: the page
+    /// reaches the owner's head of the channel, so everything later arrives live.
+    Msgs {
+        msgs: Vec<Arc<Msg>>,
+        next_after: u64,
+        done: bool,
+        scanned: usize,
+    },
+    /// The history (memory or Kafka's retention) no longer reaches back to the cursor.
+    Unreachable,
+    /// The page could not be read (Kafka unavailable, timed out).
+    Failed(String),
+}
+
+/// Everything but a delivery, boxed so a mesh slot stays two words.
+pub enum Control {
+    /// To the channel's owner: sequence, keep in history, fan out (data lane: may be refused).
     Publish {
-        publish: Box<Publish>,
+        publish: Publish,
         ack: Option<ConnAck>,
     },
-    /// From the owner to a shard with members of the channel.
-    Deliver(Arc<Msg>),
-    /// The sender has its first member of `channel`: forward it the channel's messages. Sent to
-    /// every other shard, each of which answers `JoinAck` with the same generation.
+    /// Kafka records of channels the receiver owns, from the shard consuming their partition;
+    /// `next` is that partition's next offset after them.
+    Records {
+        stream: Stream,
+        topic: Arc<str>,
+        partition: i32,
+        msgs: Vec<Decoded>,
+        next: i64,
+    },
+    /// The sender consumes `stream` from `next` on (sent to every shard when a partition starts).
+    Position {
+        stream: Stream,
+        next: i64,
+    },
+    /// To the owner: the sender has members of `channel`; answered `JoinAck` with `gen`.
     Join {
         channel: Arc<str>,
         from: usize,
@@ -42,26 +105,32 @@ pub enum MeshMsg {
     },
     JoinAck {
         channel: Arc<str>,
-        from: usize,
         gen: u64,
     },
-    /// The sender's last member of `channel` left.
+    /// To the owner: the sender's last member of `channel` left.
     Leave {
         channel: Arc<str>,
         from: usize,
     },
-    /// A `since` subscription: the owner answers with `Recovered` and the history after `since`.
+    /// To the owner: the next page of a recovery, after `after`, of at most `max_bytes`.
     Recover {
+        corr: Corr,
         channel: Arc<str>,
-        since: crate::router::SincePos,
-        from: usize,
-        conn: u64,
+        stream: Stream,
+        after: u64,
+        max_bytes: usize,
+        max_scan: usize,
     },
-    /// `msgs` is None when the history does not reach back to `since`.
-    Recovered {
+    Page {
+        corr: Corr,
         channel: Arc<str>,
-        conn: u64,
-        msgs: Option<Vec<Arc<Msg>>>,
+        page: PageResult,
+    },
+    /// A delivery of `channel` to the receiver was dropped (its queue was full): members there
+    /// must be closed with 1013 before anything later of the channel reaches them.
+    Lost {
+        channel: Arc<str>,
+        from: usize,
     },
     /// The owner's answer to a client publish.
     Acked {
@@ -69,68 +138,216 @@ pub enum MeshMsg {
         id: Value,
         result: Result<String, Refusal>,
     },
-    /// Per-user and per-address connection limits, kept by the shard that owns the key.
-    UserAcquire {
+    /// Connection limits per user and per address, kept by the shard that owns the key.
+    SlotAcquire {
         kind: SlotKind,
-        user: Arc<str>,
+        key: Arc<str>,
         from: usize,
         ticket: u64,
     },
-    UserAcquired {
+    SlotGranted {
         kind: SlotKind,
-        user: Arc<str>,
+        key: Arc<str>,
         ticket: u64,
         ok: bool,
     },
-    UserRelease {
+    SlotRelease {
         kind: SlotKind,
-        user: Arc<str>,
+        key: Arc<str>,
+        from: usize,
     },
 }
 
-/// Bounded queue per peer before the mesh.
-const PEER_QUEUE: usize = 64 * 1024;
+/// A message between shards: two words, so the mesh's preallocated slots stay small.
+pub enum MeshMsg {
+    /// From a channel's owner to a shard with members.
+    Deliver(Arc<Msg>),
+    Control(Box<Control>),
+}
 
+impl MeshMsg {
+    fn is_data(&self) -> bool {
+        match self {
+            MeshMsg::Deliver(_) => true,
+            MeshMsg::Control(c) => matches!(**c, Control::Publish { .. }),
+        }
+    }
+}
+
+/// The per-peer queue in front of the mesh.
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<MeshMsg>,
+    /// Data messages in `queue`.
+    data: usize,
+    forwarder: Option<Waker>,
+}
+
+/// The outbound side of this shard's mesh: one queue and one forwarder task per peer.
 pub struct Peers {
-    outbound: Vec<Option<LocalSender<MeshMsg>>>,
+    me: usize,
+    outboxes: Vec<Rc<RefCell<Outbox>>>,
+    data_bound: usize,
     metrics: ShardMetrics,
+    /// Wakers of tasks waiting for every peer queue to go below the data bound.
+    waiting_room: RefCell<Vec<Waker>>,
+    closed: Rc<Cell<bool>>,
 }
 
 impl Peers {
     /// Starts one forwarder task per peer. `senders` comes from joining the mesh.
-    pub fn start(senders: Senders<MeshMsg>, me: usize, metrics: ShardMetrics) -> Peers {
+    pub fn start(
+        senders: Senders<MeshMsg>,
+        me: usize,
+        data_bound: usize,
+        metrics: ShardMetrics,
+    ) -> Rc<Peers> {
+        let n = senders.nr_consumers();
+        let peers = Rc::new(Peers {
+            me,
+            outboxes: (0..n).map(|_| Rc::default()).collect(),
+            data_bound: data_bound.max(1),
+            metrics,
+            waiting_room: RefCell::default(),
+            closed: Rc::new(Cell::new(false)),
+        });
         let senders = Rc::new(senders);
-        let outbound = (0..senders.nr_consumers())
-            .map(|peer| {
-                if peer == me {
-                    return None;
-                }
-                let (tx, rx) = local_channel::new_bounded::<MeshMsg>(PEER_QUEUE);
-                let senders = senders.clone();
-                glommio::spawn_local(async move {
-                    while let Some(msg) = rx.recv().await {
-                        if senders.send_to(peer, msg).await.is_err() {
-                            // The peer has stopped (shutdown); nothing left to deliver to it.
-                            break;
-                        }
+        for peer in (0..n).filter(|p| *p != me) {
+            let (senders, weak) = (senders.clone(), Rc::downgrade(&peers));
+            glommio::spawn_local(async move {
+                loop {
+                    let Some(peers) = weak.upgrade() else { break };
+                    let Some(msg) = poll_fn(|cx| peers.poll_next(peer, cx)).await else {
+                        break;
+                    };
+                    drop(peers);
+                    if senders.send_to(peer, msg).await.is_err() {
+                        // The peer has stopped (shutdown); nothing left to deliver to it.
+                        break;
                     }
-                })
-                .detach();
-                Some(tx)
+                }
             })
-            .collect();
-        Peers { outbound, metrics }
+            .detach();
+        }
+        peers
     }
 
-    /// Queues `msg` for `peer`; false (and counted) if that peer's queue is full or gone.
-    pub fn send(&self, peer: usize, msg: MeshMsg) -> bool {
-        let ok = match self.outbound.get(peer) {
-            Some(Some(tx)) => tx.try_send(msg).is_ok(),
-            _ => false,
-        };
-        if !ok {
-            self.metrics.mesh_drops.inc();
+    fn poll_next(&self, peer: usize, cx: &mut std::task::Context<'_>) -> Poll<Option<MeshMsg>> {
+        if self.closed.get() {
+            return Poll::Ready(None);
         }
-        ok
+        let mut o = self.outboxes[peer].borrow_mut();
+        match o.queue.pop_front() {
+            Some(m) => {
+                if m.is_data() {
+                    o.data -= 1;
+                    if o.data + 1 == self.data_bound {
+                        drop(o);
+                        for w in self.waiting_room.borrow_mut().drain(..) {
+                            w.wake();
+                        }
+                    }
+                }
+                Poll::Ready(Some(m))
+            }
+            None => {
+                o.forwarder = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    fn push(&self, peer: usize, msg: MeshMsg, lane: usize) {
+        let mut o = self.outboxes[peer].borrow_mut();
+        o.queue.push_back(msg);
+        if let Some(w) = o.forwarder.take() {
+            w.wake();
+        }
+        self.metrics.mesh_messages[lane].inc();
+    }
+
+    /// Queues a control message for `peer`: never dropped.
+    pub fn control(&self, peer: usize, c: Control) {
+        debug_assert_ne!(peer, self.me);
+        if peer < self.outboxes.len() {
+            self.push(peer, MeshMsg::Control(Box::new(c)), 0);
+        }
+    }
+
+    /// Queues a data message for `peer`, or hands it back when that peer's queue is full.
+    pub fn data(&self, peer: usize, msg: MeshMsg) -> Result<(), MeshMsg> {
+        let Some(o) = self.outboxes.get(peer) else {
+            return Err(msg);
+        };
+        {
+            let mut o = o.borrow_mut();
+            if o.data >= self.data_bound {
+                drop(o);
+                self.metrics.mesh_drops.inc();
+                return Err(msg);
+            }
+            o.data += 1;
+        }
+        self.push(peer, msg, 1);
+        Ok(())
+    }
+
+    /// Whether the last message queued for `peer` (not yet forwarded) is `Lost` for `channel`:
+    /// a second loss in a row needs no second notice.
+    pub fn last_is_lost(&self, peer: usize, channel: &str) -> bool {
+        self.outboxes.get(peer).is_some_and(|o| {
+            matches!(o.borrow().queue.back(), Some(MeshMsg::Control(c))
+                if matches!(&**c, Control::Lost { channel: ch, .. } if &**ch == channel))
+        })
+    }
+
+    /// Waits until every peer's data queue is below its bound: sources that cannot drop (Kafka)
+    /// pause here instead of growing the queues.
+    pub async fn room(&self) {
+        poll_fn(|cx| {
+            let full = self
+                .outboxes
+                .iter()
+                .any(|o| o.borrow().data >= self.data_bound);
+            if !full || self.closed.get() {
+                return Poll::Ready(());
+            }
+            self.waiting_room.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Stops the forwarders (shutdown).
+    pub fn close(&self) {
+        self.closed.set(true);
+        for o in &self.outboxes {
+            if let Some(w) = o.borrow_mut().forwarder.take() {
+                w.wake();
+            }
+        }
+    }
+
+    pub fn me(&self) -> usize {
+        self.me
+    }
+
+    pub fn count(&self) -> usize {
+        self.outboxes.len()
+    }
+
+    /// Messages waiting for peers (for `/stats`).
+    pub fn queued(&self) -> usize {
+        self.outboxes.iter().map(|o| o.borrow().queue.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_messages_stay_two_words() {
+        assert_eq!(std::mem::size_of::<MeshMsg>(), 16);
     }
 }

@@ -1,7 +1,7 @@
 //! What flows through the router: a publish request, the sequenced message (serialized once, shared
 //! across shards), and the WebSocket frame (framed once per shard, shared by every recipient there).
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -24,7 +24,7 @@ pub struct Publish {
 }
 
 /// A sequenced message. Immutable and shared (`Arc`) between the owner shard's history and every
-/// shard that delivers it.
+/// shard that delivers it; held once, as its serialized text.
 #[derive(Debug)]
 pub struct Msg {
     pub channel: Arc<str>,
@@ -32,12 +32,12 @@ pub struct Msg {
     pub stream: u64,
     /// Position in `stream`: the owner's sequence number, or the Kafka offset.
     pub seq: u64,
-    pub pos: String,
+    pub pos: Box<str>,
     pub priority: u8,
-    /// Kept parsed for subscription filters.
-    pub data: Value,
-    /// The whole `{"type":"message",...}` text, serialized once.
+    /// The whole `{"type":"message",...}` text, serialized once; `data` is its last member.
     pub text: Box<str>,
+    /// Where `data`'s JSON starts in `text` (it ends one byte before the text does).
+    data_at: u32,
     pub born: Instant,
     pub accepted: Instant,
     pub origin_ms: Option<u64>,
@@ -50,38 +50,58 @@ pub fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// Appends `"key":<value as JSON>,`.
+fn member(out: &mut String, key: &str, value: &str) {
+    out.push('"');
+    out.push_str(key);
+    out.push_str("\":");
+    // Serializing a string into a String cannot fail.
+    out.push_str(&serde_json::to_string(value).unwrap_or_default());
+    out.push(',');
+}
+
 impl Msg {
     pub fn new(p: Publish, channel: Arc<str>, stream: u64, seq: u64, pos: String) -> Msg {
-        let mut m = Map::new();
-        m.insert("type".into(), "message".into());
-        m.insert("channel".into(), Value::String(channel.to_string()));
-        m.insert(
-            "id".into(),
-            Value::String(p.id.unwrap_or_else(|| pos.clone())),
-        );
-        if let Some(e) = p.event {
-            m.insert("event".into(), Value::String(e));
+        let data = p.data.to_string();
+        let mut text = String::with_capacity(data.len() + channel.len() + pos.len() + 128);
+        text.push_str("{\"type\":\"message\",");
+        member(&mut text, "channel", &channel);
+        member(&mut text, "id", p.id.as_deref().unwrap_or(&pos));
+        if let Some(e) = &p.event {
+            member(&mut text, "event", e);
         }
-        m.insert("data".into(), p.data.clone());
-        m.insert("priority".into(), p.priority.into());
-        m.insert("ts".into(), now_ms().into());
-        m.insert("pos".into(), Value::String(pos.clone()));
-        if let Some(from) = p.from {
-            m.insert("from".into(), Value::String(from));
+        text.push_str(&format!("\"priority\":{},\"ts\":{},", p.priority, now_ms()));
+        member(&mut text, "pos", &pos);
+        if let Some(from) = &p.from {
+            member(&mut text, "from", from);
         }
-        let text = Value::Object(m).to_string().into_boxed_str();
+        text.push_str("\"data\":");
+        let data_at = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        text.push_str(&data);
+        text.push('}');
         Msg {
             channel,
             stream,
             seq,
-            pos,
+            pos: pos.into_boxed_str(),
             priority: p.priority,
-            data: p.data,
-            text,
+            text: text.into_boxed_str(),
+            data_at,
             born: p.born,
             accepted: Instant::now(),
             origin_ms: p.origin_ms,
         }
+    }
+
+    /// The message's `data`, as JSON text (parsed only where a subscription filter needs it).
+    pub fn data_json(&self) -> &str {
+        let end = self.text.len().saturating_sub(1);
+        self.text.get(self.data_at as usize..end).unwrap_or("null")
+    }
+
+    /// Bytes this message holds in memory (for the history's byte bound).
+    pub fn footprint(&self) -> usize {
+        std::mem::size_of::<Msg>() + self.text.len() + self.pos.len()
     }
 }
 
@@ -188,6 +208,30 @@ impl Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_text_is_json_with_data_last() {
+        let p = Publish {
+            channel: "room \"1\"".into(),
+            event: Some("e".into()),
+            id: None,
+            priority: 2,
+            data: serde_json::json!({"a": [1, {"b": "x}"}]}),
+            from: Some("u".into()),
+            born: Instant::now(),
+            origin_ms: None,
+        };
+        let m = Msg::new(p, Arc::from("room \"1\""), 0, 7, "1-000000000007".into());
+        let v: Value = serde_json::from_str(&m.text).unwrap();
+        assert_eq!(v["channel"], "room \"1\"");
+        assert_eq!(v["id"], "1-000000000007");
+        assert_eq!(v["pos"], "1-000000000007");
+        assert_eq!(v["priority"], 2);
+        assert_eq!(v["from"], "u");
+        assert_eq!(v["type"], "message");
+        let data: Value = serde_json::from_str(m.data_json()).unwrap();
+        assert_eq!(data, v["data"]);
+    }
 
     #[test]
     fn frames_parse_back() {

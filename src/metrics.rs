@@ -106,6 +106,16 @@ pub struct ShardMetrics {
     pub kafka_routed: Counter,
     /// From the record's Kafka timestamp to the frame written to the socket.
     pub record_to_socket: AtomicHistogram,
+    /// Messages this shard sent to other shards: [control, data].
+    pub mesh_messages: [Counter; 2],
+    /// Bytes of history this shard holds (charged against `history.max_bytes`).
+    pub history_bytes: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    pub shard: u32,
+    pub lane: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -180,7 +190,7 @@ impl Metrics {
         );
         let mesh_drops = family!(
             "mesh_drops",
-            "Cross-shard messages dropped because a shard's mesh queue was full",
+            "Deliveries and publishes not forwarded because a peer shard's queue was full (members there are closed with 1013; publishers get an error)",
             Counter
         );
         let handshake_failures = family!(
@@ -249,6 +259,17 @@ impl Metrics {
             "1 while the shard's Kafka connection works",
             kafka.up.clone(),
         );
+        let mesh_messages = Family::<LaneLabel, Counter>::default();
+        registry.register(
+            "mesh_messages",
+            "Messages sent to other shards, by lane (control: never dropped; data: deliveries and forwarded publishes)",
+            mesh_messages.clone(),
+        );
+        let history_bytes = family!(
+            "history_bytes",
+            "Bytes of history the shard holds for since (bounded by history.max_bytes)",
+            Gauge
+        );
         let auth = Family::<AuthLabels, Counter>::default();
         registry.register(
             "auth_failures",
@@ -284,6 +305,12 @@ impl Metrics {
                         .collect(),
                     kafka_routed: kafka_routed.get_or_create(&l).clone(),
                     record_to_socket: record_to_socket.get_or_create(&l).clone(),
+                    mesh_messages: ["control", "data"].map(|lane| {
+                        mesh_messages
+                            .get_or_create(&LaneLabel { shard, lane })
+                            .clone()
+                    }),
+                    history_bytes: history_bytes.get_or_create(&l).clone(),
                 }
             })
             .collect();

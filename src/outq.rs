@@ -44,6 +44,11 @@ impl OutQueue {
         self.bytes
     }
 
+    /// The bound.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     pub fn len(&self) -> usize {
         self.frames.len()
     }

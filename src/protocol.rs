@@ -27,6 +27,8 @@ pub enum ErrorCode {
     NotFound,
     LimitExceeded,
     Internal,
+    /// A later request on the same channel superseded this one before it completed.
+    Canceled,
 }
 
 impl ErrorCode {
@@ -37,6 +39,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::Internal => "internal",
+            ErrorCode::Canceled => "canceled",
         }
     }
 }
@@ -124,7 +127,7 @@ pub fn welcome(conn_id: &str, user: &str, shard: usize, heartbeat_ms: u64, exp: 
         "shard": shard,
         "heartbeat_ms": heartbeat_ms,
         "expires": exp,
-        "channels": [format!("user:{user}"), crate::router::BROADCAST],
+        "channels": [format!("user:{user}"), crate::topology::BROADCAST],
     })
     .to_string()
 }

@@ -1,124 +1,23 @@
-//! The process: shared node state, shard threads, the admin thread, signals and the drain.
+//! The process: shard threads, the admin thread, signals and the drain.
 
+use crate::accept::listener;
+use crate::admin;
 use crate::auth::Verifier;
 use crate::bus::Bus;
 use crate::config::{Config, DEV_API_KEY, DEV_JWT_SECRET};
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, MESH_CAPACITY};
 use crate::metrics::Metrics;
-use crate::shard::{self, Shard};
-use crate::users::SlotKind;
-use crate::{admin, listener};
+use crate::node::Node;
+use crate::shard;
 use anyhow::{bail, Context, Result};
 use glommio::{LocalExecutorBuilder, Placement};
 use std::net::SocketAddr;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Sockets kept back from RLIMIT_NOFILE for listeners, the admin, the io_uring rings and logs.
 const FD_RESERVE: usize = 64;
-/// Mesh channel capacity per pair of shards.
-const MESH_CAPACITY: usize = 4096;
-
-/// What every shard and the admin thread share. Nothing here is touched per message.
-pub struct Node {
-    pub config: Config,
-    pub verifier: Verifier,
-    pub metrics: Metrics,
-    pub bus: Bus,
-    pub shards: usize,
-    pub epoch: u64,
-    pub ws_addr: SocketAddr,
-    pub max_connections: usize,
-    pub started: Instant,
-    /// Kafka state, when Kafka is configured.
-    pub kafka: Option<Arc<crate::kafka::stats::KafkaStats>>,
-    /// The admin thread's producer for `POST /api/publish`, once connected.
-    pub admin_producer: std::sync::OnceLock<Arc<crate::kafka::client::Producer>>,
-    connections: AtomicUsize,
-    draining: AtomicBool,
-}
-
-impl Node {
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
-    }
-
-    /// One connect = one atomic add; the count is node-wide so the limit is too.
-    fn try_acquire_connection(&self) -> bool {
-        let prev = self.connections.fetch_add(1, Ordering::Relaxed);
-        if prev < self.max_connections {
-            return true;
-        }
-        self.connections.fetch_sub(1, Ordering::Relaxed);
-        false
-    }
-
-    pub fn api_key(&self) -> &str {
-        self.config.auth.api_key.as_deref().unwrap_or(DEV_API_KEY)
-    }
-
-    /// Health turns 503, shards stop accepting and close their clients with 1001.
-    pub fn drain(&self) {
-        if !self.draining.swap(true, Ordering::SeqCst) {
-            tracing::info!("draining: closing connections with 1001");
-            self.bus.drain();
-        }
-    }
-}
-
-/// The slots a connection holds (node-wide, per address, per user), taken one by one during the
-/// handshake and all released on drop, whether the handshake fails half-way or the connection ends.
-pub struct ConnSlot {
-    shard: Rc<Shard>,
-    node_slot: bool,
-    keyed: Vec<(SlotKind, Arc<str>)>,
-}
-
-impl ConnSlot {
-    pub fn new(shard: Rc<Shard>) -> ConnSlot {
-        ConnSlot {
-            shard,
-            node_slot: false,
-            keyed: Vec::new(),
-        }
-    }
-
-    /// One of the node's `max_connections`.
-    pub fn take_node(&mut self) -> bool {
-        self.node_slot = self.shard.node.try_acquire_connection();
-        self.node_slot
-    }
-
-    /// One of the key's slots (user or address); true when that kind is not limited.
-    pub async fn take(&mut self, kind: SlotKind, key: Arc<str>) -> bool {
-        let router = &self.shard.router;
-        if !router.users.limited(kind) {
-            return true;
-        }
-        if !router.acquire_slot(kind, key.clone()).await {
-            return false;
-        }
-        self.keyed.push((kind, key));
-        true
-    }
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        if self.node_slot {
-            self.shard.node.connections.fetch_sub(1, Ordering::Relaxed);
-        }
-        for (kind, key) in self.keyed.drain(..) {
-            self.shard.router.release_slot(kind, key);
-        }
-    }
-}
 
 /// A started gateway.
 pub struct Running {
@@ -202,6 +101,7 @@ pub fn start(config: Config) -> Result<Running> {
         started: Instant::now(),
         connections: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
+        listening: AtomicUsize::new(0),
         config,
     });
     let admin_addr = admin::spawn(node.clone())?;

@@ -1,13 +1,13 @@
 //! One shard: a glommio executor on its own thread that owns its listener socket, its connections,
 //! their channel memberships and send queues, and the channels hashed to it.
 
+use crate::accept::listener;
 use crate::bus::Control;
 use crate::conn::CLOSE_SHUTDOWN;
-use crate::listener;
 use crate::mesh::{Mesh, Peers};
 use crate::metrics::ShardMetrics;
-use crate::router::{Router, RouterConfig};
-use crate::server::Node;
+use crate::node::Node;
+use crate::route::{Bounds, Router, RouterConfig};
 use anyhow::{Context, Result};
 use glommio::timer::{sleep, Timer};
 use hdrhistogram::Histogram;
@@ -80,6 +80,10 @@ impl Shard {
         v["dropped_low_priority"] = json!(self.metrics.dropped_low_priority.get());
         v["slow_consumer_closes"] = json!(self.metrics.slow_consumer_closes.get());
         v["mesh_drops"] = json!(self.metrics.mesh_drops.get());
+        v["mesh_messages"] = json!({
+            "control": self.metrics.mesh_messages[0].get(),
+            "data": self.metrics.mesh_messages[1].get(),
+        });
         v
     }
 }
@@ -97,8 +101,8 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("joining the shard mesh: {e}"))?;
     let id = senders.peer_id();
     let metrics = node.metrics.shards[id].clone();
-    let peers = Peers::start(senders, id, metrics.clone());
     let cfg = &node.config;
+    let peers = Peers::start(senders, id, cfg.limits.peer_queue_messages, metrics.clone());
     let (kafka, from_kafka) = match &node.kafka {
         Some(stats) => {
             let (io, rx) = crate::kafka::spawn(id, node.shards, cfg, stats.clone())?;
@@ -111,12 +115,18 @@ pub async fn run(
             shard: id,
             shards: node.shards,
             epoch: node.epoch,
-            history_size: cfg.history.size,
-            history_ttl: Duration::from_secs(cfg.history.ttl_secs),
+            history: Bounds {
+                per_channel: cfg.history.size,
+                max_bytes: cfg.history.max_bytes,
+                ttl: Duration::from_secs(cfg.history.ttl_secs),
+            },
             user_limit: cfg.limits.max_connections_per_user,
             ip_limit: cfg.limits.max_connections_per_ip,
+            queue_bytes: cfg.limits.queue_bytes,
+            recovery_max_records: cfg.kafka.recovery_max_records,
+            recovery_timeout: Duration::from_millis(cfg.limits.recovery_timeout_ms),
         },
-        peers,
+        peers.clone(),
         metrics.clone(),
         kafka,
     );
@@ -148,6 +158,9 @@ pub async fn run(
         glommio::spawn_local(async move {
             while let Some(item) = rx.recv().await {
                 shard.router.on_kafka(item);
+                // Records are never dropped: while a peer is behind, consumption pauses here
+                // (and, through the full hand-over ring, fetching).
+                shard.router.room_for_records().await;
                 glommio::yield_if_needed().await;
             }
         })
@@ -173,6 +186,7 @@ pub async fn run(
         })
         .detach()
     };
+    node.shard_listening();
     let _ = ready.send(Ok(id));
 
     let control = controls
@@ -183,10 +197,19 @@ pub async fn run(
         match c {
             Control::Publish(p, tx) => {
                 let msg = shard.router.sequence(p);
-                let _ = tx.send(Ok(msg.pos.clone()));
+                let _ = tx.send(Ok(msg.pos.to_string()));
             }
             Control::Stats(tx) => {
                 let _ = tx.send(shard.stats());
+            }
+            Control::Stall(d) => {
+                // Test hook: the whole shard stops, as a shard stuck in a long computation would.
+                tracing::warn!(
+                    shard = id,
+                    ms = d.as_millis() as u64,
+                    "stalling (test hook)"
+                );
+                std::thread::sleep(d);
             }
             Control::Drain => break,
         }
@@ -202,6 +225,7 @@ pub async fn run(
         sleep(Duration::from_millis(20)).await;
     }
     ticker.cancel();
+    peers.close();
     tracing::info!(
         shard = id,
         left = shard.router.connection_count(),

@@ -105,7 +105,7 @@ fn since_after_reconnect_recovers_on_any_shard() {
             let mut c = gw.connect_on_shard(&t, reconnect_shard);
             let case = format!(
                 "{channel} (owner {}) from shard {reconnect_shard}",
-                gateway::router::owner_of(channel, SHARDS)
+                gateway::topology::owner_of(channel, SHARDS)
             );
             let r = subscribe_since(&mut c, channel, &last);
             assert_eq!(r["recovered"], true, "{case}: {r}");
@@ -202,7 +202,7 @@ fn since_that_is_not_a_pos_is_a_bad_request() {
 fn since_on_own_user_channel_recovers_messages_missed_while_disconnected() {
     let gw = Gateway::start_sharded(SHARDS, &[]);
     let t = hist_token("dm");
-    let owner = gateway::router::owner_of("user:dm", SHARDS);
+    let owner = gateway::topology::owner_of("user:dm", SHARDS);
     let mut c = gw.connect(&t);
     let mut n = 0;
     for reconnect_shard in [0u64, 1] {
@@ -243,7 +243,7 @@ fn pipelined_since_on_automatic_channel(gw: &Gateway, sub: &str, channel: &str) 
     std::io::Write::write_all(&mut stream, &bytes).expect("write upgrade and request");
     let mut ws = RawWs::from_upgraded(stream);
 
-    let owner = gateway::router::owner_of(channel, SHARDS);
+    let owner = gateway::topology::owner_of(channel, SHARDS);
     let w = ws.next_json(&format!(
         "{sub}, since on {channel} (owner {owner}) sent with the upgrade: the welcome"
     ));

@@ -1,36 +1,43 @@
 //! A shard's Kafka I/O thread: connects (and keeps retrying), discovers the shard's partitions,
-//! runs one consumer task per partition, produces client publishes, and reads old records back for
-//! `since`, with concurrent reads of one partition sharing one pass over it.
+//! runs one consumer task per partition, produces client publishes, and hands `since` reads to the
+//! partition's reader (`read`).
 
 use super::client::{self, Producer};
 use super::decode::{decode, Reject};
 use super::handoff;
+use super::read::{ReadCfg, Readers};
 use super::stats::KafkaStats;
 use super::{format_pos, stream_id, Batch, Command, Decoded, FromKafka, KafkaIo, Stream};
 use crate::config::{Config, KafkaConfig, StartFrom};
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use rskafka::client::error::{Error as KError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient};
 use rskafka::client::Client;
 use rskafka::record::Record;
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::spawn_local;
 
+/// Commands the shard may have queued; beyond, its `try_send` fails and it answers the client.
 const COMMAND_QUEUE: usize = 4096;
 /// Batches in flight to the shard; when full, fetching pauses.
 const HANDOFF_BATCHES: usize = 256;
+/// Longest wait between retries, so a recovered broker is noticed soon.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// What the I/O thread's tasks share.
 struct Ctx {
     shard: usize,
     shards: usize,
     cfg: KafkaConfig,
     topics: Arc<Vec<String>>,
+    /// Partitions of each consumed topic, shared with the shard's `KafkaIo` (0 = unknown).
+    partitions: Arc<[AtomicI32]>,
     max_channel_len: usize,
     stats: Arc<KafkaStats>,
     out: mpsc::Sender<FromKafka>,
@@ -38,13 +45,6 @@ struct Ctx {
 
 /// Set once the broker has been reached.
 type Connected = (Arc<Client>, Arc<Producer>);
-
-struct ReadReq {
-    token: u64,
-    channel: Arc<str>,
-    from: i64,
-    to: i64,
-}
 
 /// Starts the Kafka I/O thread of `shard`; returns the shard's handle and the receiving end of the
 /// hand-over.
@@ -57,10 +57,12 @@ pub fn spawn(
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (handoff_tx, handoff_rx) = handoff::channel(HANDOFF_BATCHES);
     let topics = Arc::new(config.kafka.consumed_topics());
+    let partitions: Arc<[AtomicI32]> = topics.iter().map(|_| AtomicI32::new(0)).collect();
     let io = KafkaIo {
         commands: cmd_tx,
         topics: topics.clone(),
         upstream: config.kafka.upstream_topic.clone(),
+        partitions: partitions.clone(),
     };
     let cfg = config.kafka.clone();
     let max_channel_len = config.limits.max_channel_len;
@@ -87,6 +89,7 @@ pub fn spawn(
                     shards,
                     cfg,
                     topics,
+                    partitions,
                     max_channel_len,
                     stats,
                     out,
@@ -97,6 +100,7 @@ pub fn spawn(
     Ok((io, handoff_rx))
 }
 
+/// Connects in the background and serves the shard's commands meanwhile.
 async fn run(ctx: Rc<Ctx>, mut commands: mpsc::Receiver<Command>) {
     let connected: Rc<RefCell<Option<Connected>>> = Rc::default();
     {
@@ -124,21 +128,27 @@ async fn run(ctx: Rc<Ctx>, mut commands: mpsc::Receiver<Command>) {
             discover(ctx, client, producer).await;
         });
     }
-    let mut readers: HashMap<Stream, mpsc::UnboundedSender<ReadReq>> = HashMap::new();
+    let cfg = ReadCfg {
+        fetch_max_bytes: ctx.cfg.fetch_max_bytes,
+        max_channel_len: ctx.max_channel_len,
+    };
+    let mut readers = Readers::new(
+        ctx.topics.clone(),
+        ctx.partitions.clone(),
+        ctx.out.clone(),
+        cfg,
+    );
     while let Some(cmd) = commands.recv().await {
         // Cloned out first: the borrow must not live across the await below.
         let current = connected.borrow().clone();
         let Some((client, producer)) = current else {
-            let token = match cmd {
-                Command::Produce { token, .. } | Command::Read { token, .. } => token,
-            };
             let err = "Kafka is not connected".to_string();
             let item = match cmd {
-                Command::Produce { .. } => FromKafka::Produced {
+                Command::Produce { token, .. } => FromKafka::Produced {
                     token,
                     result: Err(err),
                 },
-                Command::Read { .. } => FromKafka::Read {
+                Command::Read { token, .. } => FromKafka::Read {
                     token,
                     result: Err(err),
                 },
@@ -164,25 +174,7 @@ async fn run(ctx: Rc<Ctx>, mut commands: mpsc::Receiver<Command>) {
                     let _ = ctx.out.send(FromKafka::Produced { token, result }).await;
                 });
             }
-            Command::Read {
-                token,
-                stream,
-                channel,
-                from,
-                to,
-            } => {
-                let tx = readers.entry(stream).or_insert_with(|| {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    spawn_local(reader(ctx.clone(), client.clone(), stream, rx));
-                    tx
-                });
-                let _ = tx.send(ReadReq {
-                    token,
-                    channel,
-                    from,
-                    to,
-                });
-            }
+            read @ Command::Read { .. } => readers.queue(&client, read),
         }
     }
 }
@@ -217,7 +209,13 @@ async fn discover(ctx: Rc<Ctx>, client: Arc<Client>, producer: Arc<Producer>) {
         match client.list_topics().await {
             Ok(found) => {
                 for (ti, name) in ctx.topics.iter().enumerate() {
-                    let Some(t) = found.iter().find(|t| &t.name == name) else {
+                    let t = found.iter().find(|t| &t.name == name);
+                    // As the producer counts them, so both agree on a key's partition.
+                    let n = t.map_or(0, |t| i32::try_from(t.partitions.len()).unwrap_or(i32::MAX));
+                    if let Some(count) = ctx.partitions.get(ti) {
+                        count.store(n, Ordering::Relaxed);
+                    }
+                    let Some(t) = t else {
                         if missing_reported.insert(ti) {
                             tracing::warn!(topic = %name, "consumed topic does not exist (yet)");
                         }
@@ -243,6 +241,7 @@ async fn discover(ctx: Rc<Ctx>, client: Arc<Client>, producer: Arc<Producer>) {
     }
 }
 
+/// Calls `f` until it succeeds, reporting failures and backing off.
 async fn retry<T, F, Fut>(ctx: &Ctx, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
@@ -270,6 +269,7 @@ async fn high_watermark(pc: &PartitionClient, max_bytes: i32) -> Result<i64> {
     Ok(hwm)
 }
 
+/// Consumes one partition for ever: decodes its records for the shard, dead-letters the others.
 async fn consume(ctx: Rc<Ctx>, client: Arc<Client>, producer: Arc<Producer>, ti: usize, p: i32) {
     let topic: Arc<str> = Arc::from(ctx.topics[ti].as_str());
     let stream = stream_id(ti, p);
@@ -363,6 +363,7 @@ async fn consume(ctx: Rc<Ctx>, client: Arc<Client>, producer: Arc<Producer>, ti:
     }
 }
 
+/// Writes an unroutable record to the dead-letter topic (if any) with why, and counts it.
 async fn dead_letter(
     ctx: &Ctx,
     producer: &Producer,
@@ -388,114 +389,4 @@ async fn dead_letter(
     if let Err(e) = producer.produce(dlq, record).await {
         tracing::warn!(error = %format!("{e:#}"), "could not write to the dead-letter topic");
     }
-}
-
-/// Serves `since` reads of one partition; requests that arrive during a pass wait for the next
-/// pass, which covers all of them at once.
-async fn reader(
-    ctx: Rc<Ctx>,
-    client: Arc<Client>,
-    stream: Stream,
-    mut rx: mpsc::UnboundedReceiver<ReadReq>,
-) {
-    let ti = super::stream_topic_index(stream);
-    let p = super::stream_partition(stream);
-    let topic = ctx.topics[ti].clone();
-    let mut pc: Option<PartitionClient> = None;
-    while let Some(first) = rx.recv().await {
-        let mut reqs = vec![first];
-        while let Ok(r) = rx.try_recv() {
-            reqs.push(r);
-        }
-        let from = reqs.iter().map(|r| r.from).min().unwrap_or(0);
-        let to = reqs.iter().map(|r| r.to).max().unwrap_or(0);
-        if pc.is_none() {
-            pc = client::partition_client(&client, &topic, p).await.ok();
-        }
-        let result = match &pc {
-            Some(pc) => read_range(&ctx, pc, from, to).await,
-            None => Err(anyhow!("partition {topic}/{p} unavailable")),
-        };
-        for r in reqs {
-            let result = match &result {
-                Ok(all) => Ok(all
-                    .iter()
-                    .filter(|d| d.offset >= r.from && d.offset < r.to)
-                    .filter(|d| d.publish.channel == *r.channel)
-                    .map(|d| Decoded {
-                        offset: d.offset,
-                        publish: d.publish.clone(),
-                    })
-                    .collect()),
-                Err(e) => Err(format!("{e:#}")),
-            };
-            let token = r.token;
-            if ctx
-                .out
-                .send(FromKafka::Read { token, result })
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    }
-}
-
-/// Records `from..to` of a partition, decoded (undecodable ones were dead-lettered when consumed).
-async fn read_range(ctx: &Ctx, pc: &PartitionClient, from: i64, to: i64) -> Result<Vec<Decoded>> {
-    let mut out = Vec::new();
-    let mut cur = from;
-    // Some brokers, asked for an offset inside a record batch, answer with the batches after it (or
-    // nothing): only an answer that reaches back to `cur` is complete, else ask from earlier.
-    let mut back = 0i64;
-    let mut stalls = 0;
-    while cur < to {
-        stalls += 1;
-        if stalls > 64 {
-            // Offsets missing for good (compaction, transaction markers): what was read is all.
-            break;
-        }
-        let at = (cur - back).max(0);
-        let (records, hwm) = pc.fetch_records(at, 1..ctx.cfg.fetch_max_bytes, 0).await?;
-        let covers = records.iter().any(|r| r.offset <= cur);
-        if !covers && at > 0 {
-            if records.is_empty() && hwm <= cur {
-                break;
-            }
-            back = if back == 0 { 1 } else { back * 2 };
-            continue;
-        }
-        let mut progressed = false;
-        for r in records {
-            if r.offset < cur || r.offset >= to {
-                continue;
-            }
-            progressed = true;
-            cur = r.offset + 1;
-            if let Ok(publish) = decode(&r.record, ctx.max_channel_len) {
-                out.push(Decoded {
-                    offset: r.offset,
-                    publish,
-                });
-            }
-        }
-        if out.len() > ctx.cfg.recovery_max_records {
-            return Err(anyhow!(
-                "more than {} records to read back",
-                ctx.cfg.recovery_max_records
-            ));
-        }
-        if !progressed {
-            // An earlier batch only (the answer was cut at the size limit): ask at `cur` itself.
-            if back > 0 && hwm > cur {
-                back = 0;
-                continue;
-            }
-            break;
-        }
-        back = 0;
-        stalls = 0;
-    }
-    Ok(out)
 }

@@ -351,7 +351,7 @@ pub fn base64url(data: &[u8]) -> String {
 pub fn channel_owned_by(prefix: &str, shard: usize, shards: usize) -> String {
     (0..)
         .map(|i| format!("{prefix}{i}"))
-        .find(|c| gateway::router::owner_of(c, shards) == shard)
+        .find(|c| gateway::topology::owner_of(c, shards) == shard)
         .expect("some name hashes to every shard")
 }
 
@@ -1031,4 +1031,128 @@ pub fn client_text_frame(out: &mut Vec<u8>, text: &str) {
 /// A JSON object of `n` bytes or so, for large messages.
 pub fn payload_of(n: usize) -> Value {
     json!({"text": "x".repeat(n)})
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipelined publishing, shard stalls, raw connections with long waits
+// ---------------------------------------------------------------------------------------------
+
+/// Flags that lift the per-connection frame rate, for clients that pipeline their requests.
+pub const FAST_FRAMES: [&str; 4] = [
+    "--client-frames-per-sec",
+    "1000000",
+    "--client-frames-burst",
+    "1000000",
+];
+
+/// Publishes one message per entry of `datas` to `channel` through `publisher` (a client with a
+/// `publish` grant on a gateway started with [`FAST_FRAMES`], not itself subscribed to `channel`):
+/// requests go out 256 at a time, each window's replies are read before the next is sent. Returns
+/// the `pos` of each message, in `datas` order.
+pub fn publish_pipelined(publisher: &mut Client, channel: &str, datas: &[Value]) -> Vec<String> {
+    const WINDOW: usize = 256;
+    let mut positions = vec![String::new(); datas.len()];
+    for start in (0..datas.len()).step_by(WINDOW) {
+        let end = (start + WINDOW).min(datas.len());
+        for (i, data) in datas.iter().enumerate().take(end).skip(start) {
+            let req = json!({"type": "publish", "id": i, "channel": channel, "data": data});
+            publisher
+                .ws
+                .write(Message::text(req.to_string()))
+                .expect("queueing a publish frame");
+        }
+        publisher.ws.flush().expect("writing publish frames");
+        for _ in start..end {
+            let r = publisher.recv_json(Duration::from_secs(30));
+            assert_eq!(r["type"], "reply", "expected a publish reply, got {r}");
+            assert_eq!(r["ok"], true, "expected the publish to be accepted: {r}");
+            let i = r["id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("expected a numeric id in the publish reply {r}"))
+                as usize;
+            assert!(
+                (start..end).contains(&i) && positions[i].is_empty(),
+                "expected one reply per publish of this window ({start}..{end}), got {r}"
+            );
+            positions[i] = r["pos"]
+                .as_str()
+                .unwrap_or_else(|| panic!("expected a pos in the publish reply {r}"))
+                .to_string();
+        }
+    }
+    positions
+}
+
+/// `POST /debug/stall?shard=N&ms=M` (a `--test-hooks` gateway): asserts the immediate 200.
+pub fn stall_shard(gw: &Gateway, shard: usize, ms: u64) {
+    let r = http_post(
+        gw.admin_addr,
+        &format!("/debug/stall?shard={shard}&ms={ms}"),
+        Some(API_KEY),
+        "",
+    );
+    assert_eq!(
+        r.status, 200,
+        "expected 200 from /debug/stall (shard {shard}, {ms} ms): {} {}",
+        r.status, r.body
+    );
+}
+
+impl RawWs {
+    /// Like [`RawWs::from_upgraded`], waiting up to `limit` for the 101.
+    pub fn from_upgraded_within(mut stream: TcpStream, limit: Duration) -> RawWs {
+        let mut buf = Vec::new();
+        let deadline = Instant::now() + limit;
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "expected an upgrade response within {limit:?}"
+            );
+            stream.set_read_timeout(Some(left)).expect("timeout");
+            match stream.read(&mut chunk) {
+                Ok(0) => panic!(
+                    "expected an upgrade response, got EOF after {:?}",
+                    String::from_utf8_lossy(&buf)
+                ),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("expected an upgrade response, reading failed: {e}"),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "expected 101 to the upgrade, got {head:?}"
+        );
+        let rest = buf[end..].to_vec();
+        RawWs { stream, buf: rest }
+    }
+
+    /// The next text frame as JSON within `limit` (server pings and pongs skipped); panics,
+    /// mentioning `what`, on anything else.
+    pub fn next_json_within(&mut self, what: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_frame(left) {
+                Ok(Some(f)) if f.opcode == 0x9 || f.opcode == 0xA => {}
+                Ok(Some(f)) if f.opcode == 0x1 => {
+                    return serde_json::from_slice(&f.payload)
+                        .unwrap_or_else(|e| panic!("{what}: expected JSON ({e}): {f:?}"))
+                }
+                Ok(Some(f)) => panic!(
+                    "{what}: expected a text frame, got opcode {} (close code {:?})",
+                    f.opcode,
+                    f.close_code()
+                ),
+                Ok(None) => panic!("{what}: expected a frame, the connection ended"),
+                Err(()) => panic!("{what}: expected a frame within {limit:?}"),
+            }
+        }
+    }
 }

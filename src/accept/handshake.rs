@@ -2,16 +2,12 @@
 //! take the node-wide and per-user connection slots, and answer 101, or refuse with a status and a
 //! short reason before any WebSocket exists.
 
-use crate::auth::{AuthError, Claims};
-use crate::server::ConnSlot;
+use super::admit::admit;
 use crate::session;
 use crate::shard::Shard;
-use crate::users::SlotKind;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
-use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// A refusal before the upgrade.
@@ -22,7 +18,7 @@ pub struct HttpRefusal {
     pub detail: String,
 }
 
-fn refuse(status: u16, detail: impl Into<String>) -> HttpRefusal {
+pub(super) fn refuse(status: u16, detail: impl Into<String>) -> HttpRefusal {
     let reason = match status {
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -166,42 +162,6 @@ pub fn response(r: &HttpRefusal) -> String {
 async fn send_refusal(stream: &mut TcpStream, r: &HttpRefusal) {
     let _ = stream.write_all(response(r).as_bytes()).await;
     let _ = stream.close().await;
-}
-
-/// Checks the limits, authenticates and takes the connection slots; each refusal is an HTTP status.
-/// The cheap refusals come before the JWT is verified.
-async fn admit(
-    shard: &Rc<Shard>,
-    up: &Upgrade,
-    peer: Option<IpAddr>,
-) -> Result<(Claims, ConnSlot), HttpRefusal> {
-    let node = &shard.node;
-    if node.is_draining() {
-        return Err(refuse(503, "gateway is shutting down"));
-    }
-    if !shard.take_connect_token() {
-        return Err(refuse(429, "connect rate limit"));
-    }
-    let mut slots = ConnSlot::new(shard.clone());
-    if let Some(ip) = peer {
-        if !slots.take(SlotKind::Ip, Arc::from(ip.to_string())).await {
-            return Err(refuse(429, "too many connections from this address"));
-        }
-    }
-    let claims = node.verifier.verify(&up.token).map_err(|e: AuthError| {
-        shard.metrics.auth_failures[e.index()].inc();
-        refuse(401, e.reason())
-    })?;
-    if !slots.take_node() {
-        return Err(refuse(503, "gateway full"));
-    }
-    if !slots
-        .take(SlotKind::User, Arc::from(claims.sub.as_str()))
-        .await
-    {
-        return Err(refuse(429, "too many connections for this user"));
-    }
-    Ok((claims, slots))
 }
 
 /// Serves one accepted TCP connection from the first byte to the close.

@@ -1,7 +1,7 @@
 //! The WebSocket listener of one shard: its own SO_REUSEPORT socket, so the kernel spreads
 //! connections across shards and each connection lives its whole life on the shard that accepted it.
 
-use crate::handshake;
+use crate::accept::handshake;
 use crate::shard::Shard;
 use glommio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};

@@ -1,0 +1,96 @@
+//! Admission of an upgrade request, cheapest refusal first: draining, the connect rate, the
+//! per-address slot, the JWT, the node-wide slot, the per-user slot. The slots are held by a
+//! `ConnSlot` for the connection's whole life and released when it drops, whether the handshake
+//! fails half-way or the connection ends.
+
+use super::handshake::{refuse, HttpRefusal, Upgrade};
+use crate::auth::{AuthError, Claims};
+use crate::mesh::SlotKind;
+use crate::shard::Shard;
+use crate::topology::user_channel;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// The slots a connection holds (node-wide, per address, per user), taken one by one during the
+/// handshake and all released on drop, whether the handshake fails half-way or the connection ends.
+pub struct ConnSlot {
+    shard: Rc<Shard>,
+    node_slot: bool,
+    keyed: Vec<(SlotKind, Arc<str>)>,
+}
+
+impl ConnSlot {
+    pub fn new(shard: Rc<Shard>) -> ConnSlot {
+        ConnSlot {
+            shard,
+            node_slot: false,
+            keyed: Vec::new(),
+        }
+    }
+
+    /// One of the node's `max_connections`.
+    pub fn take_node(&mut self) -> bool {
+        self.node_slot = self.shard.node.try_acquire_connection();
+        self.node_slot
+    }
+
+    /// One of the key's slots (user or address); true when that kind is not limited.
+    pub async fn take(&mut self, kind: SlotKind, key: Arc<str>) -> bool {
+        let router = &self.shard.router;
+        if !router.slot_limited(kind) {
+            return true;
+        }
+        if !router.acquire_slot(kind, key.clone()).await {
+            return false;
+        }
+        self.keyed.push((kind, key));
+        true
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if self.node_slot {
+            self.shard.node.release_connection();
+        }
+        for (kind, key) in self.keyed.drain(..) {
+            self.shard.router.release_slot(kind, key);
+        }
+    }
+}
+
+/// Checks the limits, authenticates and takes the connection slots; each refusal is an HTTP status.
+/// The cheap refusals come before the JWT is verified.
+pub async fn admit(
+    shard: &Rc<Shard>,
+    up: &Upgrade,
+    peer: Option<IpAddr>,
+) -> Result<(Claims, ConnSlot), HttpRefusal> {
+    let node = &shard.node;
+    if node.is_draining() {
+        return Err(refuse(503, "gateway is shutting down"));
+    }
+    if !shard.take_connect_token() {
+        return Err(refuse(429, "connect rate limit"));
+    }
+    let mut slots = ConnSlot::new(shard.clone());
+    if let Some(ip) = peer {
+        if !slots.take(SlotKind::Ip, Arc::from(ip.to_string())).await {
+            return Err(refuse(429, "too many connections from this address"));
+        }
+    }
+    let claims = node.verifier.verify(&up.token).map_err(|e: AuthError| {
+        shard.metrics.auth_failures[e.index()].inc();
+        refuse(401, e.reason())
+    })?;
+    if !slots.take_node() {
+        return Err(refuse(503, "gateway full"));
+    }
+    // The user's slot is kept by the owner of the user's channel, and routes that channel here.
+    let user = Arc::from(user_channel(&claims.sub));
+    if !slots.take(SlotKind::User, user).await {
+        return Err(refuse(429, "too many connections for this user"));
+    }
+    Ok((claims, slots))
+}
