@@ -169,7 +169,7 @@ impl MeshMsg {
     fn is_data(&self) -> bool {
         match self {
             MeshMsg::Deliver(_) => true,
-            MeshMsg::Control(c) => matches!(**c, Control::Publish { .. }),
+            MeshMsg::Control(c) => matches!(**c, Control::Publish { .. } | Control::Records { .. }),
         }
     }
 }
@@ -241,7 +241,7 @@ impl Peers {
             Some(m) => {
                 if m.is_data() {
                     o.data -= 1;
-                    if o.data + 1 == self.data_bound {
+                    if o.data < self.data_bound {
                         drop(o);
                         for w in self.waiting_room.borrow_mut().drain(..) {
                             w.wake();
@@ -271,6 +271,15 @@ impl Peers {
         debug_assert_ne!(peer, self.me);
         if peer < self.outboxes.len() {
             self.push(peer, MeshMsg::Control(Box::new(c)), 0);
+        }
+    }
+
+    /// Queues Kafka records for their channel's owner: never dropped, but counted against the
+    /// peer's data bound, so that the consumer pauses (`room`) while the owner is behind.
+    pub fn records(&self, peer: usize, c: Control) {
+        if let Some(o) = self.outboxes.get(peer) {
+            o.borrow_mut().data += 1;
+            self.push(peer, MeshMsg::Control(Box::new(c)), 1);
         }
     }
 

@@ -354,7 +354,7 @@ impl Router {
                 msgs,
                 next: batch.next,
             };
-            self.peers.control(owner, c);
+            self.peers.records(owner, c);
         }
         self.take_records(
             batch.stream,
