@@ -116,7 +116,7 @@ fn since_beyond_memory_is_read_back_from_kafka_on_either_shard() {
     let (_broker, kafka, gw) = start(&["aux", "push"]);
     for sub_shard in 0..2u64 {
         for p in 0..2i32 {
-            let channel = format!("rec_{sub_shard}_{p}");
+            let channel = channel_where(&format!("rec_{sub_shard}_"), p, 2, |_| true);
             recover_case(&gw, &kafka, "push", p, &channel, sub_shard);
         }
     }
@@ -131,7 +131,9 @@ fn since_in_partition_0_of_the_first_topic_is_read_back_from_kafka() {
     for name_owner in 0..2 {
         for sub_shard in 0..2u64 {
             let prefix = format!("first_{name_owner}_{sub_shard}_");
-            let channel = channel_owned_by(&prefix, name_owner, 2);
+            let channel = channel_where(&prefix, 0, 2, |c| {
+                gateway::topology::owner_of(c, 2) == name_owner
+            });
             recover_case(&gw, &kafka, "push", 0, &channel, sub_shard);
         }
     }
@@ -140,10 +142,11 @@ fn since_in_partition_0_of_the_first_topic_is_read_back_from_kafka() {
 #[test]
 fn ten_clients_recover_the_same_partition_at_once() {
     let (_broker, kafka, gw) = start(&["push"]);
-    let tok = token("crowd", &["crowd", "noise"], &[]);
+    let crowd = &channel_where("crowd_", 1, 2, |_| true);
+    let tok = token("crowd", &[crowd, "noise"], &[]);
     let mut live = gw.connect(&tok);
-    live.subscribe("crowd");
-    let offsets = produce_with_noise(&kafka, "push", 1, "crowd", 0, 12);
+    live.subscribe(crowd);
+    let offsets = produce_with_noise(&kafka, "push", 1, crowd, 0, 12);
     let end = kafka.produce_one("push", 1, keyed("noise", &json!({}), &[]));
     let seen = recv_messages(&mut live, 12, DELIVERY);
     assert_eq!(indices(&seen), (0..12).collect::<Vec<_>>());
@@ -161,7 +164,7 @@ fn ten_clients_recover_the_same_partition_at_once() {
     let mut clients: Vec<Client> = (0..10).map(|_| gw.connect(&tok)).collect();
     for (k, c) in clients.iter_mut().enumerate() {
         c.send_json(
-            &json!({"type": "subscribe", "id": "since", "channel": "crowd", "since": positions[k]}),
+            &json!({"type": "subscribe", "id": "since", "channel": crowd, "since": positions[k]}),
         );
     }
     for (k, c) in clients.iter_mut().enumerate() {
@@ -185,7 +188,7 @@ fn ten_clients_recover_the_same_partition_at_once() {
             assert_eq!(m["pos"], positions[i].as_str(), "client {k}: {m}");
         }
     }
-    let o = kafka.produce_one("push", 1, keyed("crowd", &json!({"i": 12}), &[]));
+    let o = kafka.produce_one("push", 1, keyed(crowd, &json!({"i": 12}), &[]));
     for (k, c) in clients
         .iter_mut()
         .chain(std::iter::once(&mut live))
@@ -201,14 +204,15 @@ fn ten_clients_recover_the_same_partition_at_once() {
 #[test]
 fn since_inside_a_record_batch_recovers_the_rest_of_the_batch() {
     let (_broker, kafka, gw) = start(&["push"]);
-    let tok = token("b", &["batched"], &[]);
+    let batched = &channel_where("batched_", 1, 2, |_| true);
+    let tok = token("b", &[batched], &[]);
     let mut live = gw.connect(&tok);
-    live.subscribe("batched");
+    live.subscribe(batched);
     let mut offsets = kafka.produce(
         "push",
         1,
         (0..6)
-            .map(|i| keyed("batched", &json!({"i": i}), &[]))
+            .map(|i| keyed(batched, &json!({"i": i}), &[]))
             .collect(),
     );
     offsets.extend(
@@ -216,7 +220,7 @@ fn since_inside_a_record_batch_recovers_the_rest_of_the_batch() {
             "push",
             1,
             (6..8)
-                .map(|i| keyed("batched", &json!({"i": i}), &[]))
+                .map(|i| keyed(batched, &json!({"i": i}), &[]))
                 .collect(),
         ),
     );
@@ -229,7 +233,7 @@ fn since_inside_a_record_batch_recovers_the_rest_of_the_batch() {
     for k in [5usize, 1, 4] {
         let mut c = gw.connect(&tok);
         let since = seen[k]["pos"].as_str().unwrap();
-        let r = subscribe_since(&mut c, "batched", since);
+        let r = subscribe_since(&mut c, batched, since);
         assert_eq!(r["recovered"], true, "since {since}: {r}");
         let got = recv_up_to(&mut c, 7 - k, REPLAY_QUIET);
         assert_eq!(
@@ -257,14 +261,15 @@ fn since_from_another_node(p: i32) {
     let parts = [("push", 0), ("push", 1), ("up", 0)];
     let topics = Topics::new(&["push"], "up");
     let node_a = start_ready(2, &broker.addr(), &topics, &[], &parts);
-    let tok = token("mover", &["moving"], &[]);
+    let moving = &channel_where("moving_", p, 2, |_| true);
+    let tok = token("mover", &[moving], &[]);
     let mut c = node_a.connect(&tok);
-    c.subscribe("moving");
+    c.subscribe(moving);
     let first = kafka.produce_each(
         "push",
         p,
         (0..3)
-            .map(|i| keyed("moving", &json!({"i": i}), &[]))
+            .map(|i| keyed(moving, &json!({"i": i}), &[]))
             .collect(),
     );
     let got = recv_messages(&mut c, 3, DELIVERY);
@@ -281,12 +286,12 @@ fn since_from_another_node(p: i32) {
         &parts,
     );
     wait_position(&node_b, "push", p, first[2] + 1);
-    let missed = produce_with_noise(&kafka, "push", p, "moving", 3, 8);
+    let missed = produce_with_noise(&kafka, "push", p, moving, 3, 8);
     wait_position(&node_b, "push", p, missed[4] + 2);
     for sub_shard in 0..2u64 {
         let case = format!("partition {p}, subscriber on shard {sub_shard}");
         let mut c = node_b.connect_on_shard(&tok, sub_shard);
-        let r = subscribe_since(&mut c, "moving", &last_seen);
+        let r = subscribe_since(&mut c, moving, &last_seen);
         assert_eq!(r["recovered"], true, "{case}: {r}");
         let got = recv_up_to(&mut c, 5, REPLAY_QUIET);
         assert_eq!(indices(&got), (3..8).collect::<Vec<_>>(), "{case}");
@@ -317,20 +322,28 @@ fn positions_the_gateway_cannot_answer_are_not_recovered() {
     let tok = token("n", &["room_*"], &[]);
     let mut c = gw.connect(&tok);
     c.subscribe("room_n");
-    kafka.produce_one("push", 0, keyed("room_n", &json!({"i": 0}), &[]));
+    // The partition of "push" where "room_n" lives, and the other one.
+    let home = default_partition("room_n", 2);
+    let other = format!("push:{}:000000000000", 1 - home);
+    kafka.produce_one("push", home, keyed("room_n", &json!({"i": 0}), &[]));
     c.recv_message("room_n");
     c.unsubscribe("room_n");
 
-    // A topic the gateway does not consume; a partition the topic does not have.
-    for since in ["elsewhere:0:000000000000", "push:9:000000000000"] {
+    // A topic the gateway does not consume; a partition the topic does not have; a partition the
+    // channel does not map to.
+    for since in [
+        "elsewhere:0:000000000000",
+        "push:9:000000000000",
+        other.as_str(),
+    ] {
         let r = subscribe_since(&mut c, "room_n", since);
         assert_eq!(r["ok"], true, "{since}: {r}");
         assert_eq!(r["recovered"], false, "{since}: {r}");
         c.expect_silence(QUIET);
         // Still subscribed for live messages.
-        let o = kafka.produce_one("push", 0, keyed("room_n", &json!({"since": since}), &[]));
+        let o = kafka.produce_one("push", home, keyed("room_n", &json!({"since": since}), &[]));
         let m = c.recv_message("room_n");
-        assert_eq!(m["pos"], pos("push", 0, o), "{since}: {m}");
+        assert_eq!(m["pos"], pos("push", home, o), "{since}: {m}");
         c.unsubscribe("room_n");
     }
     // Not a Kafka pos at all.

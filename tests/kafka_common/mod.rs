@@ -442,6 +442,21 @@ pub fn default_partition(key: &str, partitions: i32) -> i32 {
     (kafka_murmur2(key.as_bytes()) & 0x7fff_ffff) % partitions
 }
 
+/// `<prefix><n>` for the first `n` whose name the default partitioner puts in partition `p` of a
+/// topic with `partitions` partitions and whose owner shard is accepted by `owner_ok`. A `since`
+/// must name the partition its channel maps to.
+pub fn channel_where(
+    prefix: &str,
+    p: i32,
+    partitions: i32,
+    owner_ok: impl Fn(&str) -> bool,
+) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|c| default_partition(c, partitions) == p && owner_ok(c))
+        .expect("some name fits")
+}
+
 // ---------------------------------------------------------------------------------------------
 // The gateway against the broker
 // ---------------------------------------------------------------------------------------------
