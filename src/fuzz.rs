@@ -2,7 +2,7 @@
 //! (tests/fuzz_corpora.rs). Each runs the gateway's own parsing code on arbitrary bytes and asserts
 //! what must hold for any input; a panic is a finding.
 
-use crate::accept::handshake;
+use crate::accept::request as handshake;
 use crate::auth::Verifier;
 use crate::config::{AuthConfig, Config};
 use crate::kafka::{self, decode};

@@ -2,7 +2,7 @@
 //!
 //! The folders follow a connection's path and a message's path (docs/ARCHITECTURE.md):
 //!
-//! - `server`, `shard`, `node`: the process, one executor per core, what they share;
+//! - `server`, `executor`, `shard`, `node`: the process, one executor per core, its state, what they share;
 //! - `accept/`: the listener, the HTTP upgrade, admission (limits, JWT via `auth`, slots);
 //! - `session/`: one connection's task (codec, requests, writes, timers); `conn` and `outq` are
 //!   what the router sees of it: a waker and a bounded queue of shared frames;
@@ -16,6 +16,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod conn;
+pub mod executor;
 pub mod fuzz;
 pub mod kafka;
 pub mod mesh;

@@ -5,10 +5,10 @@ use crate::admin;
 use crate::auth::Verifier;
 use crate::bus::Bus;
 use crate::config::{Config, DEV_API_KEY, DEV_JWT_SECRET};
+use crate::executor;
 use crate::mesh::{Mesh, MESH_CAPACITY};
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::shard;
 use anyhow::{bail, Context, Result};
 use glommio::{LocalExecutorBuilder, Placement};
 use std::net::SocketAddr;
@@ -127,7 +127,7 @@ pub fn start(config: Config) -> Result<Running> {
             // The network path needs no registered buffers; keep locked memory small.
             .io_memory(128 << 10)
             .spawn(move || async move {
-                if let Err(e) = shard::run(node, mesh, controls, ready).await {
+                if let Err(e) = executor::run(node, mesh, controls, ready).await {
                     tracing::error!(error = %format!("{e:#}"), "shard failed");
                 }
             })

@@ -3,7 +3,7 @@
 //! `ConnSlot` for the connection's whole life and released when it drops, whether the handshake
 //! fails half-way or the connection ends.
 
-use super::handshake::{refuse, HttpRefusal, Upgrade};
+use super::request::{refuse, HttpRefusal, Upgrade};
 use crate::auth::{AuthError, Claims};
 use crate::mesh::SlotKind;
 use crate::shard::Shard;

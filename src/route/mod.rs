@@ -13,15 +13,18 @@
 //! publish each cost a constant number of mesh messages whatever the number of shards.
 //!
 //! The parts: `members` (this shard's connections per channel), `interest` (the owner's shard sets
-//! and slot counts), `history` (the owner's rings), and the router's two sides in `member` (subscribe,
-//! deliver, replay a recovery page by page) and `owner` (sequence, fan out, answer pages, Kafka).
-//! The parts do no I/O; this module owns the mesh and Kafka handles and carries out what they decide.
+//! and slot counts), `history` (the owner's rings) do no I/O and are unit-tested alone. The router's
+//! sides use them: `member` (subscribe, deliver), `replay` (a recovery page by page), `owner`
+//! (sequence, fan out, answer pages), `kafka` (records in, produce, read-back), `slots`. This module
+//! owns the mesh and Kafka handles and dispatches what other shards say.
 
 mod history;
 mod interest;
+mod kafka;
 mod member;
 mod members;
 mod owner;
+mod replay;
 mod slots;
 
 pub use history::{Bounds, History, Lookup};
