@@ -114,7 +114,7 @@ impl<'a> Page<'a> {
                     .ok()
                     .filter(|p| p.channel == self.filter.channel);
                 if let Some(publish) = kept {
-                    let size = r.record.value.as_ref().map_or(0, Vec::len);
+                    let size = frame_size(&r.record, &publish.channel);
                     // Over the byte budget: the next page starts with this record (a page holds
                     // at least one, however large). The offsets between the position and it do
                     // not exist: a page is only fed answers that hold the log from the position on.
@@ -175,6 +175,18 @@ impl<'a> Page<'a> {
         self.out.next = self.cur;
         self.out
     }
+}
+
+/// What the gateway adds around a record's value in the frame a client gets (`type`, `channel`,
+/// `id`, `pos`, `priority`, `ts` and the frame header): a page's byte budget is about the frames
+/// it becomes, which for small records are mostly envelope.
+const FRAME_OVERHEAD: usize = 160;
+
+/// The size of the frame a record becomes, about.
+fn frame_size(record: &rskafka::record::Record, channel: &str) -> usize {
+    let value = record.value.as_ref().map_or(0, Vec::len);
+    let headers: usize = record.headers.values().map(Vec::len).sum();
+    value + headers + channel.len() + FRAME_OVERHEAD
 }
 
 #[cfg(test)]

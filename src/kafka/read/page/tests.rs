@@ -138,14 +138,15 @@ fn the_scan_budget_stops_a_page() {
 
 #[test]
 fn the_byte_budget_stops_a_page_before_the_record_that_would_pass_it() {
-    // 7 bytes a record: the second would make 14.
-    let r = req(0, 100, 10, 1000);
+    // A record of channel "c" with value {"i":N} (one digit) becomes a frame of ONE bytes, about.
+    const ONE: usize = 7 + 1 + super::FRAME_OVERHEAD;
+    let r = req(0, 100, ONE + 3, 1000);
     let mut page = Page::new(&r, 100);
     assert_eq!(page.feed(mixed(0..10)), Fed::Done);
     let p = page.finish();
     assert_eq!((offsets(&p), p.next, p.scanned), (vec![0], 2, 2));
     // Exactly full: stops after it.
-    let r = req(0, 100, 14, 1000);
+    let r = req(0, 100, 2 * ONE, 1000);
     let mut page = Page::new(&r, 100);
     assert_eq!(page.feed(mixed(0..10)), Fed::Done);
     let p = page.finish();
@@ -161,7 +162,7 @@ fn the_byte_budget_stops_a_page_before_the_record_that_would_pass_it() {
 #[test]
 fn the_byte_budget_stop_skips_offsets_that_do_not_exist() {
     // Offsets 1..5 were compacted away: the next page starts at the record that did not fit.
-    let r = req(0, 100, 10, 1000);
+    let r = req(0, 100, 7 + 1 + super::FRAME_OVERHEAD + 3, 1000);
     let mut page = Page::new(&r, 100);
     let records = vec![keyed(0, "c", r#"{"i":0}"#), keyed(5, "c", r#"{"i":5}"#)];
     assert_eq!(page.feed(records), Fed::Done);
