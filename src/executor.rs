@@ -4,7 +4,7 @@
 use crate::accept::listener;
 use crate::bus::Control;
 use crate::conn::CLOSE_SHUTDOWN;
-use crate::mesh::{Mesh, Peers};
+use crate::mesh::{MeshEnds, Peers};
 use crate::node::Node;
 use crate::route::{Bounds, Router, RouterConfig};
 use crate::shard::Shard;
@@ -17,15 +17,12 @@ use std::time::{Duration, Instant};
 /// Runs a shard until it is drained. `ready` hears once the listener is bound (or why not).
 pub async fn run(
     node: Arc<Node>,
-    mesh: Mesh,
+    id: usize,
+    mesh: MeshEnds,
     controls: Vec<async_channel::Receiver<Control>>,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
 ) -> Result<()> {
-    let (senders, mut receivers) = mesh
-        .join()
-        .await
-        .map_err(|e| anyhow::anyhow!("joining the shard mesh: {e}"))?;
-    let id = senders.peer_id();
+    let (senders, receivers) = mesh.connect().await;
     let metrics = node.metrics.shards[id].clone();
     let cfg = &node.config;
     let peers = Peers::start(senders, id, cfg.limits.peer_queue_messages, metrics.clone());
@@ -58,7 +55,7 @@ pub async fn run(
     );
     let shard = Rc::new(Shard::new(id, node.clone(), router, metrics)?);
 
-    for (_, rx) in receivers.streams() {
+    for (_, rx) in receivers {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {

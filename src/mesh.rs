@@ -17,7 +17,9 @@ use crate::message::{Msg, Publish};
 use crate::metrics::ShardMetrics;
 use crate::protocol::Refusal;
 use crate::topology::Stream;
-use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::channels::shared_channel::{
+    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
+};
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -26,12 +28,82 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-pub type Mesh = MeshBuilder<MeshMsg, Full>;
-
-/// Slots per pair of shards in glommio's mesh. The mesh preallocates every slot of every pair
+/// Slots per pair of shards in the mesh. glommio preallocates every slot of every channel
 /// (shards² of them), so it is kept small and messages are kept to two words: bursts wait in the
 /// per-peer queue in front of it instead.
 pub const MESH_CAPACITY: usize = 128;
+
+/// One shard's ends of the full mesh of glommio shared channels (lock-free single-producer
+/// single-consumer rings): a sender to and a receiver from every other shard.
+pub struct MeshEnds {
+    senders: Vec<Option<SharedSender<MeshMsg>>>,
+    receivers: Vec<Option<SharedReceiver<MeshMsg>>>,
+}
+
+/// The connected ends: senders by peer, receivers with the peer they hear from.
+pub type Connected = (
+    Vec<Option<ConnectedSender<MeshMsg>>>,
+    Vec<(usize, ConnectedReceiver<MeshMsg>)>,
+);
+
+/// A channel for every ordered pair of `n` shards; entry `i` goes to shard `i`.
+pub fn full_mesh(n: usize, capacity: usize) -> Vec<MeshEnds> {
+    let mut ends: Vec<MeshEnds> = (0..n)
+        .map(|_| MeshEnds {
+            senders: (0..n).map(|_| None).collect(),
+            receivers: (0..n).map(|_| None).collect(),
+        })
+        .collect();
+    for from in 0..n {
+        for to in (0..n).filter(|t| *t != from) {
+            let (s, r) = shared_channel::new_bounded(capacity);
+            ends[from].senders[to] = Some(s);
+            ends[to].receivers[from] = Some(r);
+        }
+    }
+    ends
+}
+
+impl MeshEnds {
+    /// Connects every end at once. A connection completes only when both of its shards have
+    /// connected it, and a waiting executor keeps polling: connected one after the other (as
+    /// glommio's `MeshBuilder::join` does), dozens of shards on few cores take minutes to start.
+    pub async fn connect(self) -> Connected {
+        // An executor waiting for peers may park with nothing else to do; glommio then learns of a
+        // peer's connection only when something wakes it. A short tick keeps it looking.
+        let connected = Rc::new(Cell::new(false));
+        let tick = connected.clone();
+        glommio::spawn_local(async move {
+            while !tick.get() {
+                glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        })
+        .detach();
+        let senders: Vec<_> = self
+            .senders
+            .into_iter()
+            .map(|s| s.map(|s| glommio::spawn_local(s.connect())))
+            .collect();
+        let receivers: Vec<_> = self
+            .receivers
+            .into_iter()
+            .enumerate()
+            .filter_map(|(peer, r)| r.map(|r| (peer, glommio::spawn_local(r.connect()))))
+            .collect();
+        let mut out = (Vec::with_capacity(senders.len()), Vec::new());
+        for s in senders {
+            out.0.push(match s {
+                Some(task) => Some(task.await),
+                None => None,
+            });
+        }
+        for (peer, task) in receivers {
+            out.1.push((peer, task.await));
+        }
+        connected.set(true);
+        out
+    }
+}
 
 /// Where the acknowledgement of a client publish goes.
 #[derive(Debug)]
@@ -195,14 +267,14 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Starts one forwarder task per peer. `senders` comes from joining the mesh.
+    /// Starts one forwarder task per peer, each owning its connected sender.
     pub fn start(
-        senders: Senders<MeshMsg>,
+        senders: Vec<Option<ConnectedSender<MeshMsg>>>,
         me: usize,
         data_bound: usize,
         metrics: ShardMetrics,
     ) -> Rc<Peers> {
-        let n = senders.nr_consumers();
+        let n = senders.len();
         let peers = Rc::new(Peers {
             me,
             outboxes: (0..n).map(|_| Rc::default()).collect(),
@@ -211,9 +283,9 @@ impl Peers {
             waiting_room: RefCell::default(),
             closed: Rc::new(Cell::new(false)),
         });
-        let senders = Rc::new(senders);
-        for peer in (0..n).filter(|p| *p != me) {
-            let (senders, weak) = (senders.clone(), Rc::downgrade(&peers));
+        for (peer, sender) in senders.into_iter().enumerate() {
+            let Some(sender) = sender else { continue };
+            let weak = Rc::downgrade(&peers);
             glommio::spawn_local(async move {
                 loop {
                     let Some(peers) = weak.upgrade() else { break };
@@ -221,7 +293,7 @@ impl Peers {
                         break;
                     };
                     drop(peers);
-                    if senders.send_to(peer, msg).await.is_err() {
+                    if sender.send(msg).await.is_err() {
                         // The peer has stopped (shutdown); nothing left to deliver to it.
                         break;
                     }

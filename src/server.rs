@@ -6,7 +6,7 @@ use crate::auth::Verifier;
 use crate::bus::Bus;
 use crate::config::{Config, DEV_API_KEY, DEV_JWT_SECRET};
 use crate::executor;
-use crate::mesh::{Mesh, MESH_CAPACITY};
+use crate::mesh::{full_mesh, MESH_CAPACITY};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use anyhow::{bail, Context, Result};
@@ -106,7 +106,7 @@ pub fn start(config: Config) -> Result<Running> {
     });
     let admin_addr = admin::spawn(node.clone())?;
 
-    let mesh = Mesh::full(shards, MESH_CAPACITY);
+    let mut meshes = full_mesh(shards, MESH_CAPACITY).into_iter();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut handles = Vec::with_capacity(shards);
@@ -116,18 +116,14 @@ pub fn start(config: Config) -> Result<Running> {
         } else {
             Placement::Unbound
         };
-        let (node, mesh, controls, ready) = (
-            node.clone(),
-            mesh.clone(),
-            controls.clone(),
-            ready_tx.clone(),
-        );
+        let mesh = meshes.next().context("a mesh end per shard")?;
+        let (node, controls, ready) = (node.clone(), controls.clone(), ready_tx.clone());
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
             // The network path needs no registered buffers; keep locked memory small.
             .io_memory(128 << 10)
             .spawn(move || async move {
-                if let Err(e) = executor::run(node, mesh, controls, ready).await {
+                if let Err(e) = executor::run(node, i, mesh, controls, ready).await {
                     tracing::error!(error = %format!("{e:#}"), "shard failed");
                 }
             })

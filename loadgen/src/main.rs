@@ -3,7 +3,12 @@
 //!
 //! The main process spawns worker processes (each holds its share of the sockets, under its own
 //! RLIMIT_NOFILE), runs the publisher, then merges the workers' histograms and counts.
+//! `loadgen hold` (see `hold`) instead connects, subscribes and holds idle in separate phases.
 
+mod common;
+mod hold;
+mod hold_conn;
+mod hold_worker;
 mod publish;
 mod report;
 mod stats;
@@ -12,19 +17,24 @@ mod ws;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use common::{mint, parse_url, proc_cpu, Event};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use serde_json::json;
+use std::io::Write;
+use std::net::{IpAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use worker::{Server, WorkerCfg};
 
 /// Load generator for the WebSocket push gateway (and Nchan, for side-by-side runs).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "`loadgen hold --help`: connect, subscribe and hold idle in separate phases (memory and per-connection costs)."
+)]
 struct Args {
     /// WebSocket URL: ws://HOST:PORT/ws for the gateway, ws://HOST:PORT/sub for Nchan.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
@@ -117,77 +127,16 @@ struct Args {
 }
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("worker") {
-        if let Err(e) = worker::main() {
-            eprintln!("loadgen worker: {e:#}");
-            std::process::exit(1);
-        }
-        return;
-    }
-    let args = Args::parse();
-    if let Err(e) = run(args) {
-        eprintln!("loadgen: error: {e:#}");
-        std::process::exit(2);
-    }
-}
-
-/// ws://host:port/path -> (address, host header, path).
-fn parse_url(url: &str) -> Result<(SocketAddr, String, String)> {
-    let rest = url
-        .strip_prefix("ws://")
-        .with_context(|| format!("--url must start with ws:// (got {url:?})"))?;
-    let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let addr = hostport
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {hostport:?} in --url"))?
-        .next()
-        .with_context(|| format!("no address for {hostport:?}"))?;
-    Ok((addr, hostport.to_string(), format!("/{path}")))
-}
-
-fn nofile() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let (who, result, code) = match std::env::args().nth(1).as_deref() {
+        Some("worker") => ("loadgen worker", worker::main(), 1),
+        Some("hold-worker") => ("loadgen hold-worker", hold_worker::main(), 1),
+        Some("hold") => ("loadgen hold: error", hold::main(), 2),
+        _ => ("loadgen: error", run(Args::parse()), 2),
     };
-    // SAFETY: getrlimit writes only into the struct given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 1024;
+    if let Err(e) = result {
+        eprintln!("{who}: {e:#}");
+        std::process::exit(code);
     }
-    lim.rlim_max as usize
-}
-
-fn proc_cpu(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let tick = 100.0; // USER_HZ on Linux
-    Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / tick)
-}
-
-fn mint(
-    secret: &str,
-    sub: &str,
-    channels: Vec<String>,
-    publish: Option<Vec<String>>,
-) -> Result<String> {
-    let claims = gateway::auth::Claims {
-        sub: sub.to_string(),
-        exp: gateway::message::now_ms() / 1000 + 24 * 3600,
-        nbf: None,
-        channels: Some(channels),
-        publish,
-    };
-    gateway::auth::mint_hs256(secret, &claims)
-}
-
-enum Event {
-    Line(usize, Value),
-    Exit(usize),
-}
-
-struct Worker {
-    child: Child,
-    stdin: ChildStdin,
 }
 
 fn run(args: Args) -> Result<()> {
@@ -252,20 +201,9 @@ fn run(args: Args) -> Result<()> {
         Err(e) => bail!("test connection to {} failed: {}", args.url, e.label()),
     }
 
-    let per_process = nofile().saturating_sub(200).max(100);
     let all_conns = args.conns + args.stalled;
-    let workers = args
-        .workers
-        .unwrap_or(all_conns.div_ceil(per_process))
-        .max(1);
-    if all_conns.div_ceil(workers) > per_process {
-        bail!(
-            "{workers} workers cannot hold {all_conns} connections under RLIMIT_NOFILE {}",
-            nofile()
-        );
-    }
+    let workers = common::worker_count(all_conns, args.workers)?;
     let (tx, rx) = mpsc::channel::<Event>();
-    let exe = std::env::current_exe()?;
     let mut procs = Vec::with_capacity(workers);
     for index in 0..workers {
         let cfg = WorkerCfg {
@@ -287,26 +225,7 @@ fn run(args: Args) -> Result<()> {
             churn_fraction: args.churn,
             churn_lifetime_ms: (args.churn_lifetime * 1000.0) as u64,
         };
-        let mut child = Command::new(&exe)
-            .arg("worker")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting a worker process")?;
-        let mut stdin = child.stdin.take().context("worker stdin")?;
-        writeln!(stdin, "{}", serde_json::to_string(&cfg)?)?;
-        let stdout = child.stdout.take().context("worker stdout")?;
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str(&line) {
-                    let _ = tx.send(Event::Line(index, v));
-                }
-            }
-            let _ = tx.send(Event::Exit(index));
-        });
-        procs.push(Worker { child, stdin });
+        procs.push(common::spawn_worker("worker", index, &cfg, &tx)?);
     }
 
     // Ramp-up.
@@ -544,19 +463,6 @@ fn run(args: Args) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn url_errors_are_clear() {
-        let e = parse_url("http://x/ws").unwrap_err();
-        assert!(format!("{e:#}").contains("ws://"));
-        let e = parse_url("ws://no-such-host.invalid:1/ws").unwrap_err();
-        assert!(format!("{e:#}").contains("resolve"));
-        let (addr, host, path) = parse_url("ws://127.0.0.1:8080/sub").unwrap();
-        assert_eq!(
-            (addr.port(), host.as_str(), path.as_str()),
-            (8080, "127.0.0.1:8080", "/sub")
-        );
-    }
 
     #[test]
     fn argument_errors() {
