@@ -12,7 +12,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 /// Largest `POST /api/publish` body.
 const MAX_PUBLISH_BODY: usize = 1 << 20;
+/// Time allowed for a request's headers, and for its body.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the admin listener and serves it on a thread of its own; returns the bound address.
 pub fn spawn(node: Arc<Node>) -> Result<SocketAddr> {
@@ -39,6 +42,13 @@ pub fn spawn(node: Arc<Node>) -> Result<SocketAddr> {
                 if node.kafka.is_some() {
                     tokio::spawn(connect_producer(node.clone()));
                 }
+                if let Some(jwks) = node.verifier.jwks() {
+                    let m = &node.metrics;
+                    tokio::spawn(
+                        jwks.clone()
+                            .run(m.jwks_refreshes.clone(), m.jwks_keys.clone()),
+                    );
+                }
                 let listener = match tokio::net::TcpListener::from_std(std_listener) {
                     Ok(l) => l,
                     Err(e) => {
@@ -54,7 +64,11 @@ pub fn spawn(node: Arc<Node>) -> Result<SocketAddr> {
                     let node = node.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |req| handle(node.clone(), req));
+                        // A client must send its headers in time; one that trickles them holds
+                        // nothing for long.
                         let _ = http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(HEADER_TIMEOUT)
                             .serve_connection(TokioIo::new(stream), service)
                             .await;
                     });
@@ -102,7 +116,15 @@ fn error(status: StatusCode, code: ErrorCode, message: &str) -> Resp {
 }
 
 async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Resp, std::convert::Infallible> {
-    let resp = match (req.method(), req.uri().path()) {
+    let path = req.uri().path();
+    if matches!(path, "/stats" | "/metrics") && !stats_allowed(&node, &req) {
+        return Ok(error(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden,
+            "missing or wrong stats key",
+        ));
+    }
+    let resp = match (req.method(), path) {
         (&Method::GET, "/health") => health(&node),
         (&Method::GET, "/metrics") => {
             let mut r = Response::new(Full::new(Bytes::from(node.metrics.encode())));
@@ -172,16 +194,23 @@ fn health(node: &Node) -> Resp {
             &json!({"status": "draining"}),
         );
     }
-    match &node.kafka {
-        None => json_response(StatusCode::OK, &json!({"status": "ok"})),
-        Some(k) if k.all_up() => {
-            json_response(StatusCode::OK, &json!({"status": "ok", "kafka": "ok"}))
+    let mut v = json!({"status": "ok"});
+    if let Some(k) = &node.kafka {
+        let up = k.all_up();
+        v["kafka"] = json!(if up { "ok" } else { "unavailable" });
+        if !up {
+            v["status"] = json!("degraded");
         }
-        Some(_) => json_response(
-            StatusCode::OK,
-            &json!({"status": "degraded", "kafka": "unavailable"}),
-        ),
     }
+    if let Some(j) = node.verifier.jwks() {
+        // Stale keys still verify the tokens they know; a rotation would not be seen.
+        let stale = j.stale();
+        v["jwks"] = json!(if stale { "stale" } else { "ok" });
+        if stale {
+            v["status"] = json!("degraded");
+        }
+    }
+    json_response(StatusCode::OK, &v)
 }
 
 async fn stats(node: &Node) -> Resp {
@@ -195,9 +224,31 @@ async fn stats(node: &Node) -> Resp {
             "max_connections": node.max_connections,
             "bus": if node.kafka.is_some() { "kafka" } else { "in-process" },
             "kafka": node.kafka.as_ref().map(|k| k.to_json()),
+            "jwks": node.verifier.jwks().map(|j| j.to_json()),
             "shards": shards,
         }),
     )
+}
+
+/// The bearer key of a request, if any.
+fn bearer(req: &Request<Incoming>) -> &str {
+    req.headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .unwrap_or("")
+        .trim()
+}
+
+/// `/stats` and `/metrics` are open unless `auth.stats_key` is set.
+fn stats_allowed(node: &Node, req: &Request<Incoming>) -> bool {
+    match &node.config.auth.stats_key {
+        None => true,
+        Some(key) => same_key(bearer(req).as_bytes(), key.as_bytes()),
+    }
 }
 
 /// Compares without an early exit, so response timing does not reveal the key.
@@ -211,16 +262,7 @@ fn same_key(given: &[u8], expected: &[u8]) -> bool {
 }
 
 async fn publish(node: &Node, req: Request<Incoming>) -> Resp {
-    let given = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .unwrap_or("");
-    if !same_key(given.trim().as_bytes(), node.api_key().as_bytes()) {
+    if !same_key(bearer(&req).as_bytes(), node.api_key().as_bytes()) {
         return error(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden,
@@ -234,12 +276,17 @@ async fn publish(node: &Node, req: Request<Incoming>) -> Resp {
             "gateway is shutting down",
         );
     }
-    let body = match Limited::new(req.into_body(), MAX_PUBLISH_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let body = Limited::new(req.into_body(), MAX_PUBLISH_BODY).collect();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                "body not received in time",
+            );
+        }
+        Ok(Err(e)) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::BadRequest,

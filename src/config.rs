@@ -34,6 +34,9 @@ pub struct Config {
     pub session: SessionConfig,
     pub history: HistoryConfig,
     pub kafka: KafkaConfig,
+    /// Origins a browser may upgrade from (`Origin` header; a trailing `*` matches any suffix).
+    /// Empty: any. Requests without an `Origin` (not from a browser) are not affected.
+    pub allowed_origins: Vec<String>,
     /// Test-only hooks on the admin listener (`POST /debug/stall`); never in production.
     pub test_hooks: bool,
 }
@@ -125,6 +128,18 @@ pub struct AuthConfig {
     pub leeway_secs: u64,
     /// Bearer key for `POST /api/publish`.
     pub api_key: Option<String>,
+    /// Accepted `aud` values; when set, a token must carry one of them.
+    pub audience: Vec<String>,
+    /// Accepted `iss` values; when set, a token must carry one of them.
+    pub issuer: Vec<String>,
+    /// A JWKS document (RS256/ES256 keys chosen by the token's `kid`), fetched over HTTP(S).
+    pub jwks_url: Option<String>,
+    /// How often the JWKS is fetched again.
+    pub jwks_refresh_secs: u64,
+    /// A token with an unknown `kid` fetches the JWKS again at most this often.
+    pub jwks_min_refresh_ms: u64,
+    /// When set, `/stats` and `/metrics` need `Authorization: Bearer <stats_key>`.
+    pub stats_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,6 +164,8 @@ pub struct LimitsConfig {
     pub max_handshake_bytes: usize,
     /// A client must finish its upgrade request within this time.
     pub handshake_timeout_ms: u64,
+    /// Upgrade requests in progress per shard (before authentication completes); 503 beyond it.
+    pub max_handshakes_per_shard: usize,
     /// Bytes queued for one connection before low-priority drops and then close 1013.
     pub queue_bytes: usize,
     /// SO_SNDBUF of client sockets: bounds what the kernel holds for a client that stops reading,
@@ -177,6 +194,9 @@ pub struct SessionConfig {
     pub heartbeat_ms: u64,
     /// tungstenite's read buffer per connection (it is allocated eagerly).
     pub read_buffer_bytes: usize,
+    /// `refresh_due` goes out this long before the token's `exp` (at most half the token's
+    /// remaining life at connect).
+    pub refresh_notice_secs: u64,
     /// Conformance test mode: every data message a client sends is echoed back, and nothing else
     /// happens (no welcome, no channels). Runs the real connection code for the Autobahn|Testsuite;
     /// never for production.
@@ -197,7 +217,7 @@ pub struct HistoryConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: "0.0.0.0:8080".parse().expect("static address"),
+            listen: "127.0.0.1:8080".parse().expect("static address"),
             ws_path: "/ws".into(),
             admin_listen: "127.0.0.1:9090".parse().expect("static address"),
             shards: 0,
@@ -208,6 +228,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             history: HistoryConfig::default(),
             kafka: KafkaConfig::default(),
+            allowed_origins: Vec::new(),
             test_hooks: false,
         }
     }
@@ -221,6 +242,12 @@ impl Default for AuthConfig {
             jwt_public_key_file: None,
             leeway_secs: 0,
             api_key: None,
+            audience: Vec::new(),
+            issuer: Vec::new(),
+            jwks_url: None,
+            jwks_refresh_secs: 300,
+            jwks_min_refresh_ms: 5_000,
+            stats_key: None,
         }
     }
 }
@@ -236,6 +263,7 @@ impl Default for LimitsConfig {
             max_frame_bytes: 64 * 1024,
             max_handshake_bytes: 8 * 1024,
             handshake_timeout_ms: 5_000,
+            max_handshakes_per_shard: 1024,
             queue_bytes: 256 * 1024,
             socket_send_buffer_bytes: 64 * 1024,
             client_frames_per_sec: 50,
@@ -252,6 +280,7 @@ impl Default for SessionConfig {
         SessionConfig {
             heartbeat_ms: 30_000,
             read_buffer_bytes: 1024,
+            refresh_notice_secs: 60,
             echo: false,
         }
     }
@@ -332,6 +361,13 @@ impl Config {
                 bail!("kafka.fetch_max_bytes must be >= 1024 and kafka.fetch_max_wait_ms >= 0");
             }
         }
+        self.check_public_exposure()?;
+        if self.auth.jwks_url.is_some() {
+            if self.auth.jwt_public_key_file.is_some() {
+                bail!("auth.jwks_url and auth.jwt_public_key_file exclude each other");
+            }
+            return Ok(());
+        }
         match self.auth.jwt_algorithm {
             JwtAlgorithm::HS256 => {
                 if self.auth.jwt_public_key_file.is_some() {
@@ -348,6 +384,52 @@ impl Config {
                     );
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The gateway never serves a public address with the built-in development secret or key:
+    /// anyone could mint tokens or publish.
+    fn check_public_exposure(&self) -> Result<()> {
+        let empty = |v: &Option<String>| v.as_deref().is_some_and(|s| s.trim().is_empty());
+        if empty(&self.auth.jwt_secret) || empty(&self.auth.api_key) || empty(&self.auth.stats_key)
+        {
+            bail!("auth.jwt_secret, auth.api_key and auth.stats_key must not be empty when set");
+        }
+        // The built-in development values count as none, whoever typed them.
+        let dev_secret = self.auth.jwt_algorithm == JwtAlgorithm::HS256
+            && self
+                .auth
+                .jwt_secret
+                .as_deref()
+                .is_none_or(|s| s == DEV_JWT_SECRET)
+            && self.auth.jwks_url.is_none();
+        let dev_key = self
+            .auth
+            .api_key
+            .as_deref()
+            .is_none_or(|k| k == DEV_API_KEY);
+        if let Some(p) = self
+            .allowed_origins
+            .iter()
+            .find(|p| p.matches('*').count() > 1)
+        {
+            bail!("allowed_origins: {p:?}: at most one * per pattern");
+        }
+        if dev_secret && !self.listen.ip().is_loopback() {
+            bail!(
+                "refusing to listen on {} with the public development JWT secret: set auth.jwt_secret \
+                 (GATEWAY_AUTH__JWT_SECRET or --jwt-secret), use RS256/ES256 or auth.jwks_url, or listen \
+                 on a loopback address",
+                self.listen
+            );
+        }
+        if dev_key && !self.admin_listen.ip().is_loopback() {
+            bail!(
+                "refusing to serve the admin listener on {} with the public development API key: set \
+                 auth.api_key (GATEWAY_AUTH__API_KEY or --api-key), or listen on a loopback address",
+                self.admin_listen
+            );
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway (defaults: WebSocket on 0.0.0.0:8080/ws, admin on 127.0.0.1:9090).
+    /// Run the gateway (defaults: WebSocket on 127.0.0.1:8080/ws, admin on 127.0.0.1:9090).
     Serve(Box<ServeArgs>),
     /// Mint an HS256 token for development (uses the configured secret, or the dev secret).
     Token(TokenArgs),
@@ -102,6 +102,33 @@ struct ServeArgs {
     /// Time allowed for one `since` recovery.
     #[arg(long)]
     recovery_timeout_ms: Option<u64>,
+    /// Accepted token audiences, comma-separated (`aud` must match one when set).
+    #[arg(long, value_delimiter = ',')]
+    jwt_audience: Option<Vec<String>>,
+    /// Accepted token issuers, comma-separated (`iss` must match one when set).
+    #[arg(long, value_delimiter = ',')]
+    jwt_issuer: Option<Vec<String>>,
+    /// JWKS document with the RS256/ES256 keys, chosen by the token's `kid`.
+    #[arg(long)]
+    jwks_url: Option<String>,
+    /// Seconds between JWKS fetches.
+    #[arg(long)]
+    jwks_refresh_secs: Option<u64>,
+    /// Least time between JWKS fetches caused by unknown `kid`s.
+    #[arg(long)]
+    jwks_min_refresh_ms: Option<u64>,
+    /// Bearer key for /stats and /metrics (open when unset).
+    #[arg(long)]
+    stats_key: Option<String>,
+    /// Origins a browser may upgrade from, comma-separated (trailing * matches any suffix).
+    #[arg(long, value_delimiter = ',')]
+    allowed_origins: Option<Vec<String>>,
+    /// Upgrade requests in progress per shard; 503 beyond it.
+    #[arg(long)]
+    max_handshakes_per_shard: Option<usize>,
+    /// Seconds before `exp` that `refresh_due` is sent.
+    #[arg(long)]
+    refresh_notice_secs: Option<u64>,
     /// Test-only admin hooks (`POST /debug/stall`); never in production.
     #[arg(long, hide = true)]
     test_hooks: bool,
@@ -235,6 +262,23 @@ impl ServeArgs {
             self.recovery_timeout_ms,
         );
         set(&mut o, "test_hooks", self.test_hooks.then_some(true));
+        set(&mut o, "auth.audience", self.jwt_audience);
+        set(&mut o, "auth.issuer", self.jwt_issuer);
+        set(&mut o, "auth.jwks_url", self.jwks_url);
+        set(&mut o, "auth.jwks_refresh_secs", self.jwks_refresh_secs);
+        set(&mut o, "auth.jwks_min_refresh_ms", self.jwks_min_refresh_ms);
+        set(&mut o, "auth.stats_key", self.stats_key);
+        set(&mut o, "allowed_origins", self.allowed_origins);
+        set(
+            &mut o,
+            "limits.max_handshakes_per_shard",
+            self.max_handshakes_per_shard,
+        );
+        set(
+            &mut o,
+            "session.refresh_notice_secs",
+            self.refresh_notice_secs,
+        );
         set(&mut o, "kafka.brokers", self.kafka_brokers);
         set(&mut o, "kafka.push_topics", self.kafka_push_topics);
         set(&mut o, "kafka.upstream_topic", self.kafka_upstream_topic);

@@ -139,6 +139,15 @@ pub struct Metrics {
     pub registry: Registry,
     pub shards: Vec<ShardMetrics>,
     pub kafka: KafkaMetrics,
+    /// JWKS fetches: [ok, error].
+    pub jwks_refreshes: [Counter; 2],
+    /// Keys in the JWKS in use.
+    pub jwks_keys: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
 }
 
 impl Metrics {
@@ -314,10 +323,21 @@ impl Metrics {
                 }
             })
             .collect();
+        let refreshes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "jwks_refreshes",
+            "JWKS fetches, by result (a failed one keeps the keys known)",
+            refreshes.clone(),
+        );
+        let jwks_keys = Gauge::default();
+        registry.register("jwks_keys", "Keys in the JWKS in use", jwks_keys.clone());
         Metrics {
             registry,
             shards,
             kafka,
+            jwks_refreshes: ["ok", "error"]
+                .map(|result| refreshes.get_or_create(&ResultLabel { result }).clone()),
+            jwks_keys,
         }
     }
 

@@ -18,6 +18,8 @@ pub struct Request {
     pub event: Option<String>,
     pub data: Option<Value>,
     pub priority: Option<Value>,
+    /// A new token (`refresh`).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +153,16 @@ pub fn reply_err(id: &Value, r: &Refusal) -> String {
         "error": {"code": r.code.as_str(), "message": r.message},
     })
     .to_string()
+}
+
+/// The token expires soon: send `refresh` with a new one.
+pub fn refresh_due(exp: u64) -> String {
+    json!({"type": "refresh_due", "expires": exp}).to_string()
+}
+
+/// A subscription ended by the gateway (a refreshed token no longer allows it).
+pub fn unsubscribed(channel: &str, reason: &str) -> String {
+    json!({"type": "unsubscribed", "channel": channel, "reason": reason}).to_string()
 }
 
 pub fn pong(id: &Value) -> String {

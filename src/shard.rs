@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ pub struct Shard {
     /// Delivery latency in microseconds, for `/stats`.
     pub latency: RefCell<Histogram<u64>>,
     next_conn: Cell<u64>,
+    /// Upgrade requests being read and admitted.
+    handshakes: Rc<Cell<usize>>,
     /// This shard's share of the node's connect rate: (tokens, last refill).
     connect_tokens: Cell<(f64, Instant)>,
 }
@@ -40,8 +43,19 @@ impl Shard {
                 Histogram::new_with_bounds(1, 60_000_000, 3).context("latency histogram")?,
             ),
             next_conn: Cell::new(0),
+            handshakes: Rc::default(),
             connect_tokens: Cell::new((rate, Instant::now())),
         })
+    }
+
+    /// Counts a handshake in progress until the guard drops; None at `max_handshakes_per_shard`.
+    pub fn start_handshake(&self) -> Option<HandshakeGuard> {
+        let n = self.handshakes.get();
+        if n >= self.node.config.limits.max_handshakes_per_shard {
+            return None;
+        }
+        self.handshakes.set(n + 1);
+        Some(HandshakeGuard(self.handshakes.clone()))
     }
 
     pub fn next_conn_id(&self) -> u64 {
@@ -95,5 +109,14 @@ impl Shard {
             "data": self.metrics.mesh_messages[1].get(),
         });
         v
+    }
+}
+
+/// One handshake in progress on its shard.
+pub struct HandshakeGuard(Rc<Cell<usize>>);
+
+impl Drop for HandshakeGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }

@@ -71,6 +71,9 @@ pub async fn admit(
     if node.is_draining() {
         return Err(refuse(503, "gateway is shutting down"));
     }
+    if !origin_allowed(&node.config.allowed_origins, up.origin.as_deref()) {
+        return Err(refuse(403, "origin not allowed"));
+    }
     if !shard.take_connect_token() {
         return Err(refuse(429, "connect rate limit"));
     }
@@ -80,7 +83,7 @@ pub async fn admit(
             return Err(refuse(429, "too many connections from this address"));
         }
     }
-    let claims = node.verifier.verify(&up.token).map_err(|e: AuthError| {
+    let claims = verify(shard, &up.token).await.map_err(|e: AuthError| {
         shard.metrics.auth_failures[e.index()].inc();
         refuse(401, e.reason())
     })?;
@@ -93,4 +96,70 @@ pub async fn admit(
         return Err(refuse(429, "too many connections for this user"));
     }
     Ok((claims, slots))
+}
+
+/// Whether a browser's `Origin` may upgrade: any when no list is configured; requests without an
+/// `Origin` are not from a browser page and are not affected. A `*` in a pattern stands for any
+/// characters (`https://*.example.org`, `https://preview-*`); origins compare without case.
+pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    let Some(origin) = origin else { return true };
+    let origin = origin.to_ascii_lowercase();
+    allowed.is_empty()
+        || allowed.iter().any(|p| {
+            let p = p.to_ascii_lowercase();
+            match p.split_once('*') {
+                Some((head, tail)) => {
+                    origin.len() >= head.len() + tail.len()
+                        && origin.starts_with(head)
+                        && origin.ends_with(tail)
+                }
+                None => p == origin,
+            }
+        })
+}
+
+/// How long a handshake with an unknown `kid` waits for the JWKS to be fetched again.
+const JWKS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Verifies a token; one whose `kid` is not among the JWKS keys asks for a fetch (the provider may
+/// have rotated its keys) and is tried again once that fetch is done.
+pub async fn verify(shard: &Shard, token: &str) -> Result<Claims, AuthError> {
+    let verifier = &shard.node.verifier;
+    match (verifier.verify(token), verifier.jwks()) {
+        (Err(AuthError::UnknownKey), Some(jwks)) => {
+            let seen = jwks.generation();
+            if !jwks.request_refresh() {
+                // Fetched moments ago: the key is unknown to the provider too, for now.
+                return Err(AuthError::UnknownKey);
+            }
+            let started = std::time::Instant::now();
+            while jwks.generation() == seen && started.elapsed() < JWKS_WAIT {
+                glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            verifier.verify(token)
+        }
+        (result, _) => result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn origins() {
+        let list = vec![
+            "https://app.example.com".to_string(),
+            "https://*".to_string(),
+        ];
+        assert!(origin_allowed(&[], Some("https://evil.example")));
+        assert!(origin_allowed(&list, None));
+        assert!(origin_allowed(&list[..1], Some("https://APP.example.com")));
+        assert!(!origin_allowed(
+            &list[..1],
+            Some("https://app.example.com.evil")
+        ));
+        assert!(origin_allowed(&list, Some("https://x.example.org")));
+        assert!(!origin_allowed(&list, Some("http://x.example.org")));
+    }
 }

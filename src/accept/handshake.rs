@@ -47,6 +47,12 @@ async fn send_refusal(stream: &mut TcpStream, r: &HttpRefusal) {
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let limits = &shard.node.config.limits;
+    // Work before authentication is bounded: beyond the cap a client is told at once.
+    let Some(_in_progress) = shard.start_handshake() else {
+        shard.metrics.handshake_failures.inc();
+        send_refusal(&mut stream, &refuse(503, "too many handshakes in progress")).await;
+        return;
+    };
     let timeout = Duration::from_millis(limits.handshake_timeout_ms);
     let ws_path = shard.node.config.ws_path.clone();
     let max = limits.max_handshake_bytes;
@@ -61,6 +67,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         Err(refuse(408, "handshake timeout"))
     })
     .await;
+    drop(_in_progress);
     let (up, claims, slot) = match started {
         Ok(v) => v,
         Err(r) => {

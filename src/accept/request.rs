@@ -13,6 +13,7 @@ pub fn refuse(status: u16, detail: impl Into<String>) -> HttpRefusal {
     let reason = match status {
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -34,6 +35,8 @@ pub fn refuse(status: u16, detail: impl Into<String>) -> HttpRefusal {
 pub struct Upgrade {
     pub key: String,
     pub token: String,
+    /// The `Origin` header (sent by browsers).
+    pub origin: Option<String>,
     /// Bytes the client sent after the request (an eager first frame).
     pub leftover: Vec<u8>,
 }
@@ -96,6 +99,7 @@ pub fn parse(buf: &[u8], ws_path: &str) -> Result<Option<(Upgrade, usize)>, Http
         Upgrade {
             key: key.to_string(),
             token,
+            origin: header("origin").map(str::to_string),
             leftover: buf[len..].to_vec(),
         },
         len,

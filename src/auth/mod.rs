@@ -1,10 +1,16 @@
-//! JWT verification before the upgrade, and the channel permissions carried by the claims.
+//! JWT verification before the upgrade (and on `refresh`), and the channel permissions carried by
+//! the claims. Keys come from the configuration (an HS256 secret, a PEM public key) or from a JWKS
+//! document fetched and refreshed by `jwks`.
+
+pub mod jwks;
 
 use crate::config::{AuthConfig, JwtAlgorithm, DEV_JWT_SECRET};
 use anyhow::{Context, Result};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jwks::Jwks;
 use serde::{Deserialize, Deserializer, Serialize};
+use std::sync::Arc;
 
 /// Why a token was refused; the label is the 401 body and the metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,10 +23,13 @@ pub enum AuthError {
     NotYetValid,
     MissingExp,
     MissingSub,
+    Audience,
+    Issuer,
+    UnknownKey,
 }
 
 impl AuthError {
-    pub const ALL: [AuthError; 8] = [
+    pub const ALL: [AuthError; 11] = [
         AuthError::Missing,
         AuthError::Malformed,
         AuthError::BadSignature,
@@ -29,6 +38,9 @@ impl AuthError {
         AuthError::NotYetValid,
         AuthError::MissingExp,
         AuthError::MissingSub,
+        AuthError::Audience,
+        AuthError::Issuer,
+        AuthError::UnknownKey,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -41,6 +53,9 @@ impl AuthError {
             AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::MissingExp => "missing_exp",
             AuthError::MissingSub => "missing_sub",
+            AuthError::Audience => "bad_audience",
+            AuthError::Issuer => "bad_issuer",
+            AuthError::UnknownKey => "unknown_key",
         }
     }
 
@@ -74,14 +89,50 @@ fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(s)
 }
 
-/// Verifies tokens with one configured key and algorithm.
+/// Where verification keys come from.
+enum Keys {
+    /// One configured key and algorithm.
+    Fixed(Box<(DecodingKey, Validation)>),
+    /// Keys chosen by the token's `kid`, from a JWKS document kept fresh by `jwks`.
+    Jwks(Arc<Jwks>),
+}
+
+/// Verifies tokens: signature, algorithm, `exp`/`nbf`, `sub`, and `aud`/`iss` when configured.
 pub struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
+    keys: Keys,
+}
+
+/// The claim checks every key shares.
+fn validation(cfg: &AuthConfig, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = cfg.leeway_secs;
+    v.validate_nbf = true;
+    v.validate_exp = true;
+    let mut required = vec!["exp", "sub"];
+    if cfg.audience.is_empty() {
+        // Tokens from identity providers carry an `aud`; without a configured audience it is
+        // not checked (rather than refused).
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&cfg.audience);
+        required.push("aud");
+    }
+    if !cfg.issuer.is_empty() {
+        v.set_issuer(&cfg.issuer);
+        required.push("iss");
+    }
+    v.set_required_spec_claims(&required);
+    v
 }
 
 impl Verifier {
     pub fn from_config(cfg: &AuthConfig) -> Result<Verifier> {
+        if let Some(url) = &cfg.jwks_url {
+            let jwks = Jwks::new(url, cfg)?;
+            return Ok(Verifier {
+                keys: Keys::Jwks(Arc::new(jwks)),
+            });
+        }
         let (alg, key) = match cfg.jwt_algorithm {
             JwtAlgorithm::HS256 => {
                 let secret = cfg.jwt_secret.as_deref().unwrap_or(DEV_JWT_SECRET);
@@ -110,22 +161,34 @@ impl Verifier {
                 }
             }
         };
-        let mut validation = Validation::new(alg);
-        validation.leeway = cfg.leeway_secs;
-        validation.validate_nbf = true;
-        validation.validate_exp = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        Ok(Verifier { key, validation })
+        Ok(Verifier {
+            keys: Keys::Fixed(Box::new((key, validation(cfg, alg)))),
+        })
+    }
+
+    /// The JWKS cache, when keys come from one (the admin thread keeps it fresh).
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        match &self.keys {
+            Keys::Jwks(j) => Some(j),
+            Keys::Fixed(..) => None,
+        }
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
-            Ok(data) => Ok(data.claims),
-            Err(e) => Err(classify(e.kind())),
-        }
+        let decoded = match &self.keys {
+            Keys::Fixed(k) => jsonwebtoken::decode::<Claims>(token, &k.0, &k.1),
+            Keys::Jwks(jwks) => {
+                let header = jsonwebtoken::decode_header(token).map_err(|e| classify(e.kind()))?;
+                let kid = header.kid.ok_or(AuthError::UnknownKey)?;
+                let keys = jwks.keys();
+                let (key, validation) = keys.get(&kid).ok_or(AuthError::UnknownKey)?;
+                jsonwebtoken::decode::<Claims>(token, key, validation)
+            }
+        };
+        decoded.map(|d| d.claims).map_err(|e| classify(e.kind()))
     }
 }
 
@@ -137,6 +200,10 @@ fn classify(kind: &ErrorKind) -> AuthError {
         ErrorKind::ImmatureSignature => AuthError::NotYetValid,
         ErrorKind::MissingRequiredClaim(c) if c == "exp" => AuthError::MissingExp,
         ErrorKind::MissingRequiredClaim(c) if c == "sub" => AuthError::MissingSub,
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::Audience,
+        ErrorKind::MissingRequiredClaim(c) if c == "iss" => AuthError::Issuer,
+        ErrorKind::InvalidAudience => AuthError::Audience,
+        ErrorKind::InvalidIssuer => AuthError::Issuer,
         // The claims failed to deserialize: a missing or empty `sub` is the common case.
         ErrorKind::Json(e) => {
             let m = e.to_string();
@@ -152,10 +219,13 @@ fn classify(kind: &ErrorKind) -> AuthError {
     }
 }
 
-/// Does a claim's pattern list allow `channel`? A trailing `*` matches any suffix.
+/// Does a claim's pattern list allow `channel`? A trailing `*` matches any suffix. Personal channels
+/// are private: a pattern reaches a `user:` channel only if it starts with `user:` itself, so `*`
+/// or `u*` never do; another user's channel needs an explicit grant.
 pub fn allows(patterns: &[String], channel: &str) -> bool {
+    let personal = channel.starts_with("user:");
     patterns.iter().any(|p| match p.strip_suffix('*') {
-        Some(prefix) => channel.starts_with(prefix),
+        Some(prefix) => channel.starts_with(prefix) && (!personal || prefix.starts_with("user:")),
         None => p == channel,
     })
 }
@@ -227,6 +297,27 @@ mod tests {
         assert!(!allows(&p, "lobby2"));
         assert!(!allows(&p, "roo"));
         assert!(allows(&["*".to_string()], "anything"));
+    }
+
+    #[test]
+    fn wildcards_never_reach_personal_channels() {
+        let any = vec!["*".to_string()];
+        assert!(!allows(&any, "user:7"));
+        assert!(!allows(&["u*".to_string()], "user:7"));
+        assert!(!allows(&["user*".to_string()], "user:7"));
+        assert!(allows(&["user:*".to_string()], "user:7"));
+        assert!(allows(&["user:7".to_string()], "user:7"));
+        assert!(allows(&["user:1*".to_string()], "user:17"));
+        let mut c = claims(now() + 60);
+        c.channels = Some(any.clone());
+        c.publish = Some(any);
+        assert!(c.may_subscribe("user:42"), "its own channel");
+        assert!(!c.may_subscribe("user:43"));
+        assert!(!c.may_publish("user:43"));
+        assert!(
+            !c.may_publish("user:42"),
+            "publishing to its own needs a grant too"
+        );
     }
 
     #[test]

@@ -80,6 +80,8 @@ struct Session {
     last_seen: Instant,
     next_ping: Instant,
     expires_at: Instant,
+    /// When `refresh_due` goes out (None once sent).
+    refresh_at: Option<Instant>,
     timer: Timer,
     /// When `timer` fires. The timer is polled once per re-arm: glommio re-inserts a timer into
     /// its reactor on every poll, which is too costly to do on every wake of a busy connection.
@@ -118,12 +120,7 @@ pub async fn run<S>(
     let ws_config = ws_config(cfg);
     let now = Instant::now();
     let heartbeat = cfg.heartbeat();
-    // Capped: an absurd `exp` must not overflow the clock arithmetic.
-    let secs_left = claims.exp.saturating_sub(crate::message::now_ms() / 1000);
-    let secs_left = secs_left
-        .saturating_add(cfg.auth.leeway_secs)
-        .min(MAX_TOKEN_SECS);
-    let expires_at = now + Duration::from_secs(secs_left);
+    let (expires_at, refresh_at) = expiry(cfg, claims.exp, now);
     let limits = &cfg.limits;
     let mut s = Session {
         conn: conn.clone(),
@@ -142,6 +139,7 @@ pub async fn run<S>(
         last_seen: now,
         next_ping: now + heartbeat,
         expires_at,
+        refresh_at,
         timer: Timer::new(heartbeat),
         timer_at: now + heartbeat,
         timer_registered: false,
@@ -165,7 +163,30 @@ pub async fn run<S>(
     drop(slot);
 }
 
+/// When a token with `exp` stops being valid here, and when to say so beforehand: the lesser of
+/// `session.refresh_notice_secs` and half the time left.
+fn expiry(cfg: &crate::config::Config, exp: u64, now: Instant) -> (Instant, Option<Instant>) {
+    // Capped: an absurd `exp` must not overflow the clock arithmetic.
+    let secs_left = exp.saturating_sub(crate::message::now_ms() / 1000);
+    let secs_left = secs_left
+        .saturating_add(cfg.auth.leeway_secs)
+        .min(MAX_TOKEN_SECS);
+    let left = Duration::from_secs(secs_left);
+    let notice = Duration::from_secs(cfg.session.refresh_notice_secs).min(left / 2);
+    let expires_at = now + left;
+    (expires_at, Some(expires_at - notice))
+}
+
 impl Session {
+    /// Takes a new token's expiry (a `refresh`).
+    fn set_expiry(&mut self, exp: u64) {
+        let now = Instant::now();
+        let (expires_at, refresh_at) = expiry(&self.shard.node.config, exp, now);
+        self.expires_at = expires_at;
+        self.refresh_at = refresh_at;
+        self.rearm(now);
+    }
+
     fn start(&mut self) {
         if self.echo {
             return;

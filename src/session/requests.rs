@@ -1,6 +1,7 @@
 //! Client requests: subscribe, unsubscribe, publish, ping, answered as the contract says.
 
 use super::Session;
+use crate::auth::AuthError;
 use crate::mesh::ConnAck;
 use crate::message::{Frame, Publish};
 use crate::protocol::{self, check_channel, ErrorCode, Filter, Refusal, Request};
@@ -35,6 +36,7 @@ impl Session {
             Some("subscribe") => self.subscribe(&req),
             Some("unsubscribe") => self.unsubscribe(&req),
             Some("publish") => self.publish(&req),
+            Some("refresh") => self.refresh(&req),
             Some("ping") => {
                 self.send_text(&protocol::pong(&req.id));
                 Ok(())
@@ -133,6 +135,52 @@ impl Session {
         }
         self.shard.router.unsubscribe(self.conn.id, ch);
         self.send_text(&protocol::reply_ok(&req.id, None));
+        Ok(())
+    }
+
+    /// A new token for the same user: the connection's expiry moves, and the new grants apply at
+    /// once (subscriptions they no longer allow end, each with an `unsubscribed` frame).
+    fn refresh(&mut self, req: &Request) -> Result<(), Refusal> {
+        let token = req
+            .token
+            .as_deref()
+            .ok_or_else(|| Refusal::new(ErrorCode::BadRequest, "missing token"))?;
+        let verifier = &self.shard.node.verifier;
+        let claims = verifier.verify(token).map_err(|e| {
+            if let (AuthError::UnknownKey, Some(jwks)) = (e, verifier.jwks()) {
+                // The provider may have rotated its keys: the client's retry can succeed.
+                jwks.request_refresh();
+            }
+            Refusal::new(
+                ErrorCode::Forbidden,
+                format!("token refused: {}", e.reason()),
+            )
+        })?;
+        if claims.sub != self.claims.sub {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "the new token is for another user",
+            ));
+        }
+        let ended: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|ch| !claims.may_subscribe(ch))
+            .cloned()
+            .collect();
+        for ch in ended {
+            self.subs.remove(&ch);
+            self.shard.router.unsubscribe(self.conn.id, &ch);
+            self.send_text(&protocol::unsubscribed(
+                &ch,
+                "the new token does not allow it",
+            ));
+        }
+        let exp = claims.exp;
+        self.claims = claims;
+        self.set_expiry(exp);
+        let extra = Some(("expires", Value::from(exp)));
+        self.send_text(&protocol::reply_ok(&req.id, extra));
         Ok(())
     }
 

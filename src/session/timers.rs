@@ -49,6 +49,9 @@ impl Session {
         let hb = self.shard.node.config.heartbeat();
         if now >= self.expires_at {
             self.conn.request_close(CLOSE_EXPIRED);
+        } else if self.refresh_at.is_some_and(|t| now >= t) {
+            self.refresh_at = None;
+            self.send_text(&crate::protocol::refresh_due(self.claims.exp));
         } else if now.duration_since(self.last_seen) > hb * 2 {
             self.conn.request_close(CLOSE_IDLE);
         } else if now >= self.next_ping {
@@ -58,13 +61,17 @@ impl Session {
         self.rearm(now);
     }
 
-    /// Sets the timer to the next of: ping, silence limit, token expiry, close deadline.
+    /// Sets the timer to the next of: ping, silence limit, refresh notice, token expiry, close
+    /// deadline.
     pub(super) fn rearm(&mut self, now: Instant) {
         let hb = self.shard.node.config.heartbeat();
         let mut next = self
             .next_ping
             .min(self.last_seen + hb * 2 + Duration::from_millis(1));
         next = next.min(self.expires_at);
+        if let Some(t) = self.refresh_at {
+            next = next.min(t);
+        }
         if let Some(d) = self.deadline {
             next = next.min(d);
         }

@@ -1156,3 +1156,321 @@ impl RawWs {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Exact command lines, JWKS fixtures and a JWKS server (production auth and safety tests)
+// ---------------------------------------------------------------------------------------------
+
+/// The gateway binary run with exactly `args` (nothing added) and `envs`; GATEWAY_* variables of
+/// the test's own environment are removed. Stdout and stderr are piped.
+pub fn gateway_command(args: &[&str], envs: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GATEWAY_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env("GATEWAY_LOG", "warn");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// How a gateway run with [`gateway_command`] ended up.
+#[derive(Debug)]
+pub enum Outcome {
+    /// It exited (status, stdout, stderr).
+    Exited(ExitStatus, String, String),
+    /// It printed its ready line (it was killed afterwards): the line.
+    Ready(String),
+}
+
+/// Runs the gateway with exactly `args` until it exits or prints its ready line (then it is
+/// killed); panics if neither happens within 30 s.
+pub fn run_gateway_once(args: &[&str], envs: &[(&str, &str)]) -> Outcome {
+    let mut child = gateway_command(args, envs)
+        .spawn()
+        .expect("spawning the gateway binary");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let mut rest = String::new();
+        let _ = tx.send(line.clone());
+        let _ = reader.read_to_string(&mut rest);
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the gateway neither exited nor got ready within 30 s (args {args:?})");
+        }
+    };
+    if line.starts_with("gateway ready ") {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Outcome::Ready(line.trim().to_string());
+    }
+    // Stdout ended (or printed something else): wait for the exit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the gateway printed {line:?} and did not exit within 30 s (args {args:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = err_thread.join().unwrap_or_default();
+    Outcome::Exited(status, line, err)
+}
+
+impl Gateway {
+    /// Runs `gateway` with exactly `args` (which must include `serve` and everything else it
+    /// needs) and waits for its ready line. Unspecified listen addresses (0.0.0.0, ::) in the
+    /// ready line are turned into loopback ones, so tests only ever talk to loopback.
+    pub fn start_exact(args: &[&str], envs: &[(&str, &str)]) -> Gateway {
+        let mut cmd = gateway_command(args, envs);
+        match std::env::var("GATEWAY_TEST_LOG") {
+            Ok(filter) => {
+                cmd.env("GATEWAY_LOG", filter).stderr(Stdio::inherit());
+            }
+            Err(_) => {
+                cmd.env("GATEWAY_LOG", "error").stderr(Stdio::null());
+            }
+        }
+        let mut child = cmd.spawn().expect("spawning the gateway binary");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let r = reader.read_line(&mut line).map(|_| line);
+            let _ = tx.send((r, reader));
+        });
+        let (line, reader) = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok((Ok(line), reader)) => (line, reader),
+            Ok((Err(e), _)) => {
+                let _ = child.kill();
+                panic!("reading the gateway's ready line: {e}");
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the gateway did not print its ready line within 30 s (args {args:?})");
+            }
+        };
+        if line.is_empty() {
+            let status = child.wait().ok();
+            panic!("the gateway exited before it was ready ({status:?}); args {args:?}");
+        }
+        let (mut ws_addr, mut admin_addr, shards) =
+            parse_ready(line.trim()).unwrap_or_else(|| panic!("unexpected ready line {line:?}"));
+        for a in [&mut ws_addr, &mut admin_addr] {
+            if a.ip().is_unspecified() {
+                let lo: std::net::IpAddr = if a.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                };
+                a.set_ip(lo);
+            }
+        }
+        Gateway {
+            ws_addr,
+            admin_addr,
+            shards,
+            child,
+            _stdout: Some(reader),
+            exited: None,
+        }
+    }
+}
+
+/// The public JWK (`kid`, `alg`, `use: sig`) of a private key fixture in tests/keys.
+pub fn jwk_of(private_key_file: &str, alg: jsonwebtoken::Algorithm, kid: &str) -> Value {
+    use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
+    let mut jwk = Jwk::from_encoding_key(&encoding_key(private_key_file, alg), alg)
+        .expect("JWK from a key fixture");
+    jwk.common.key_id = Some(kid.to_string());
+    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+    serde_json::to_value(&jwk).expect("JWK as JSON")
+}
+
+fn encoding_key(private_key_file: &str, alg: jsonwebtoken::Algorithm) -> jsonwebtoken::EncodingKey {
+    let pem = std::fs::read(key_path(private_key_file)).expect("reading a key fixture");
+    match alg {
+        jsonwebtoken::Algorithm::RS256 => {
+            jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("RSA private key PEM")
+        }
+        jsonwebtoken::Algorithm::ES256 => {
+            jsonwebtoken::EncodingKey::from_ec_pem(&pem).expect("EC private key PEM (PKCS8)")
+        }
+        other => panic!("no key fixture for {other:?}"),
+    }
+}
+
+/// A token signed with a private key fixture, with `kid` in its header.
+pub fn sign_with_kid(
+    claims: &Value,
+    private_key_file: &str,
+    alg: jsonwebtoken::Algorithm,
+    kid: &str,
+) -> String {
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = Some(kid.to_string());
+    jsonwebtoken::encode(&header, claims, &encoding_key(private_key_file, alg))
+        .expect("signing with a kid")
+}
+
+/// A tiny HTTP server on loopback answering every GET with a JWKS document the test controls.
+/// Stopped (its port closed) by [`JwksServer::stop`] or on drop.
+pub struct JwksServer {
+    pub addr: SocketAddr,
+    keys: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl JwksServer {
+    /// Serves `{"keys": keys}` on a free loopback port.
+    pub fn start(keys: Vec<Value>) -> JwksServer {
+        JwksServer::start_on("127.0.0.1:0".parse().expect("address"), keys)
+    }
+
+    /// Serves `{"keys": keys}` on `addr` (for instance the port of an earlier, stopped server).
+    pub fn start_on(addr: SocketAddr, keys: Vec<Value>) -> JwksServer {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind(addr).expect("binding the JWKS server");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let addr = listener.local_addr().expect("local_addr");
+        let keys = Arc::new(Mutex::new(keys));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (k, h, s) = (keys.clone(), hits.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let mut stream = match listener.accept() {
+                    Ok((stream, _)) => stream,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !req.starts_with(b"GET ") {
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    continue;
+                }
+                h.fetch_add(1, Ordering::SeqCst);
+                let body = json!({"keys": *k.lock().expect("keys lock")}).to_string();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                     Cache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(resp.as_bytes());
+                let _ = stream.flush();
+            }
+        });
+        JwksServer {
+            addr,
+            keys,
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/.well-known/jwks.json", self.addr)
+    }
+
+    /// From now on the document holds `keys`.
+    pub fn set_keys(&self, keys: Vec<Value>) {
+        *self.keys.lock().expect("keys lock") = keys;
+    }
+
+    /// GET requests answered so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops answering and closes the port (connections to it are then refused).
+    pub fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Writes an upgrade request (or any bytes) on a fresh connection and returns the status of the
+/// answer's head, without waiting for the connection to end (a 101 keeps it open). None when the
+/// connection ends without a complete head.
+pub fn upgrade_status(addr: SocketAddr, request: &[u8]) -> (Option<u16>, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let _ = s.write_all(request);
+    let deadline = Instant::now() + WAIT;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).into_owned();
+            let status = head.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok());
+            return (status, head);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "expected an answer to the upgrade request within {WAIT:?}, got {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        s.set_read_timeout(Some(left)).expect("set_read_timeout");
+        match s.read(&mut chunk) {
+            Ok(0) => return (None, String::from_utf8_lossy(&buf).into_owned()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return (None, String::from_utf8_lossy(&buf).into_owned()),
+        }
+    }
+}
