@@ -99,9 +99,17 @@ impl Msg {
         self.text.get(self.data_at as usize..end).unwrap_or("null")
     }
 
-    /// Bytes this message holds in memory (for the history's byte bound).
+    /// Bytes this message holds in memory (for the history's byte bound): the `Arc` and its
+    /// counts, the text, the position, its own copy of the channel name, and the allocator's header
+    /// on each of the four.
     pub fn footprint(&self) -> usize {
-        std::mem::size_of::<Msg>() + self.text.len() + self.pos.len()
+        const ALLOCATIONS: usize = 4 * 16;
+        std::mem::size_of::<Msg>()
+            + 16
+            + self.text.len()
+            + self.pos.len()
+            + self.channel.len()
+            + ALLOCATIONS
     }
 }
 

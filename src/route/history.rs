@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 /// `seq` of the arrival-order entry that stands for a ring created empty (for a recovery): when it
 /// reaches the front, the ring goes if it is still empty.
 const EMPTY_RING: u64 = u64::MAX;
-/// What a ring costs beside its messages: the ring, its map slot and its channel name's header.
-const RING_BYTES: usize = std::mem::size_of::<Ring>() + 64;
+/// What a ring costs beside its messages: its map slot (key, ring, control byte, and the map's
+/// spare capacity), the smallest buffer of its queue, and the channel name's allocation.
+const RING_BYTES: usize = 2 * (std::mem::size_of::<Ring>() + 24) + 4 * 8 + 32;
 /// What a message's place in the arrival order costs.
 const ENTRY_BYTES: usize = std::mem::size_of::<Entry>() + 8;
 
