@@ -138,7 +138,17 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Resp, std::co
         }
         (&Method::GET, "/stats") => stats(&node).await,
         (&Method::POST, "/api/publish") => publish(&node, req).await,
-        (&Method::POST, "/debug/stall") if node.config.test_hooks => stall(&node, &req),
+        (&Method::POST, "/debug/stall") if node.config.test_hooks => {
+            if same_key(bearer(&req).as_bytes(), node.api_key().as_bytes()) {
+                stall(&node, &req)
+            } else {
+                error(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Forbidden,
+                    "missing or wrong API key",
+                )
+            }
+        }
         (_, "/health" | "/metrics" | "/stats" | "/api/publish") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::BadRequest,

@@ -34,7 +34,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub history: HistoryConfig,
     pub kafka: KafkaConfig,
-    /// Origins a browser may upgrade from (`Origin` header; a trailing `*` matches any suffix).
+    /// Origins a browser may upgrade from (`Origin` header; one `*` stands for any characters).
     /// Empty: any. Requests without an `Origin` (not from a browser) are not affected.
     pub allowed_origins: Vec<String>,
     /// Test-only hooks on the admin listener (`POST /debug/stall`); never in production.
@@ -342,6 +342,9 @@ impl Config {
         }
         if self.history.max_bytes < 64 * 1024 {
             bail!("history.max_bytes must be at least 65536");
+        }
+        if self.limits.max_connections_per_user == 0 {
+            bail!("limits.max_connections_per_user must be at least 1");
         }
         if self.limits.peer_queue_messages == 0 {
             bail!("limits.peer_queue_messages must be positive");

@@ -22,7 +22,7 @@ use glommio::channels::shared_channel::{
 };
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -252,6 +252,9 @@ struct Outbox {
     queue: VecDeque<MeshMsg>,
     /// Data messages in `queue`.
     data: usize,
+    /// Channels with a `Lost` in `queue`: until it is on its way, the channel's deliveries to this
+    /// peer are not queued (the notice covers them), so a long stall costs one notice per channel.
+    lost: HashSet<Arc<str>>,
     forwarder: Option<Waker>,
 }
 
@@ -311,6 +314,11 @@ impl Peers {
         let mut o = self.outboxes[peer].borrow_mut();
         match o.queue.pop_front() {
             Some(m) => {
+                if let MeshMsg::Control(c) = &m {
+                    if let Control::Lost { channel, .. } = &**c {
+                        o.lost.remove(channel);
+                    }
+                }
                 if m.is_data() {
                     o.data -= 1;
                     if o.data < self.data_bound {
@@ -373,13 +381,25 @@ impl Peers {
         Ok(())
     }
 
-    /// Whether the last message queued for `peer` (not yet forwarded) is `Lost` for `channel`:
-    /// a second loss in a row needs no second notice.
-    pub fn last_is_lost(&self, peer: usize, channel: &str) -> bool {
-        self.outboxes.get(peer).is_some_and(|o| {
-            matches!(o.borrow().queue.back(), Some(MeshMsg::Control(c))
-                if matches!(&**c, Control::Lost { channel: ch, .. } if &**ch == channel))
-        })
+    /// Whether a `Lost` notice for `channel` waits in `peer`'s queue: deliveries of the channel
+    /// to that peer are then covered by it and not queued.
+    pub fn lost_pending(&self, peer: usize, channel: &str) -> bool {
+        self.outboxes
+            .get(peer)
+            .is_some_and(|o| o.borrow().lost.contains(channel))
+    }
+
+    /// Queues a `Lost` notice for `channel` to `peer`, unless one is already waiting there.
+    pub fn lost(&self, peer: usize, channel: &Arc<str>) {
+        let Some(o) = self.outboxes.get(peer) else {
+            return;
+        };
+        if !o.borrow_mut().lost.insert(channel.clone()) {
+            return;
+        }
+        let from = self.me;
+        let channel = channel.clone();
+        self.control(peer, Control::Lost { channel, from });
     }
 
     /// Waits until every peer's data queue is below its bound: sources that cannot drop (Kafka)

@@ -42,6 +42,8 @@ pub struct Jwks {
     generation: AtomicU64,
     /// A shard met a `kid` it does not know.
     wanted: AtomicBool,
+    /// A fetch is under way.
+    fetching: AtomicBool,
 }
 
 impl Jwks {
@@ -57,6 +59,7 @@ impl Jwks {
             status: ArcSwap::from_pointee(Status::default()),
             generation: AtomicU64::new(0),
             wanted: AtomicBool::new(false),
+            fetching: AtomicBool::new(false),
         })
     }
 
@@ -71,10 +74,12 @@ impl Jwks {
     pub fn request_refresh(&self) -> bool {
         self.wanted.store(true, Ordering::Relaxed);
         let min_gap = Duration::from_millis(self.cfg.jwks_min_refresh_ms);
-        self.status
-            .load()
-            .last_attempt
-            .is_none_or(|t| t.elapsed() >= min_gap)
+        self.fetching.load(Ordering::Acquire)
+            || self
+                .status
+                .load()
+                .last_attempt
+                .is_none_or(|t| t.elapsed() >= min_gap)
     }
 
     pub fn generation(&self) -> u64 {
@@ -120,7 +125,9 @@ impl Jwks {
             };
             out.insert(kid.clone(), (key, super::validation(cfg, alg)));
         }
-        if out.is_empty() && !set.keys.is_empty() {
+        // An empty answer is more likely a broken provider than a real rotation to no keys: the
+        // keys known stay in use.
+        if out.is_empty() {
             bail!("no RS256 or ES256 key with a kid in the JWKS");
         }
         Ok(out)
@@ -184,7 +191,10 @@ impl Jwks {
             let mut status = Status::clone(&self.status.load());
             status.last_attempt = last;
             self.status.store(Arc::new(status.clone()));
-            match self.fetch(&client).await {
+            self.fetching.store(true, Ordering::Release);
+            let fetched = self.fetch(&client).await;
+            self.fetching.store(false, Ordering::Release);
+            match fetched {
                 Ok(keys) => {
                     refreshes[0].inc();
                     known.set(keys.len() as i64);
@@ -227,6 +237,7 @@ mod tests {
         assert!(Jwks::parse(b"{nope", &AuthConfig::default()).is_err());
         let only_oct = json!({"keys": [{"kty": "oct", "kid": "h1", "k": "c2VjcmV0"}]});
         assert!(Jwks::parse(only_oct.to_string().as_bytes(), &AuthConfig::default()).is_err());
+        assert!(Jwks::parse(br#"{"keys":[]}"#, &AuthConfig::default()).is_err());
     }
 
     #[test]

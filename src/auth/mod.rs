@@ -182,7 +182,8 @@ impl Verifier {
             Keys::Fixed(k) => jsonwebtoken::decode::<Claims>(token, &k.0, &k.1),
             Keys::Jwks(jwks) => {
                 let header = jsonwebtoken::decode_header(token).map_err(|e| classify(e.kind()))?;
-                let kid = header.kid.ok_or(AuthError::UnknownKey)?;
+                // Without a `kid` no key can be chosen: refused at once, no fetch.
+                let kid = header.kid.ok_or(AuthError::Malformed)?;
                 let keys = jwks.keys();
                 let (key, validation) = keys.get(&kid).ok_or(AuthError::UnknownKey)?;
                 jsonwebtoken::decode::<Claims>(token, key, validation)

@@ -88,10 +88,12 @@ impl Slots {
     /// Counts a connection of `key` on `shard`; false when the key is at its limit.
     pub fn acquire(&mut self, kind: SlotKind, key: Arc<str>, shard: usize) -> bool {
         let limit = self.limit(kind);
-        let c = self.counts(kind).entry(key).or_default();
-        if c.total >= limit {
+        let counts = self.counts(kind);
+        // A refusal leaves nothing behind: the map holds only keys with connections.
+        if counts.get(&key).map_or(0, |c| c.total) >= limit {
             return false;
         }
+        let c = counts.entry(key).or_default();
         c.total += 1;
         match c
             .by_shard
@@ -171,5 +173,9 @@ mod tests {
         s.release(SlotKind::User, u.clone(), 4);
         assert_eq!((s.user_shards("user:7"), s.tracked()), (0, 0));
         assert!(!s.limited(SlotKind::Ip));
+        // A refusal leaves no entry behind.
+        let mut none = Slots::new(0, 0);
+        assert!(!none.acquire(SlotKind::User, u, 1));
+        assert_eq!(none.tracked(), 0);
     }
 }

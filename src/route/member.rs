@@ -184,7 +184,7 @@ impl Router {
         let mut frame: Option<Rc<Frame>> = None;
         let mut data = None;
         for m in ch.members.values() {
-            if !matches!(m.state, State::Live) || !passes(m.filter.as_ref(), msg, &mut data) {
+            if !m.state.takes(msg.stream, msg.seq) || !passes(m.filter.as_ref(), msg, &mut data) {
                 continue;
             }
             let f = frame.get_or_insert_with(|| Rc::new(Frame::message(msg)));
@@ -204,6 +204,9 @@ impl Router {
             "deliveries lost between shards: closing members with 1013"
         );
         self.metrics.subscriptions.dec_by(ch.members.len() as i64);
+        self.metrics
+            .channels
+            .set(self.members.borrow().channels() as i64);
         for m in ch.members.values() {
             m.conn.request_close(CLOSE_LOST);
         }

@@ -37,15 +37,28 @@ pub enum State {
     /// the page that ends the replay, so the pages hold them.
     Recovering(Cursor),
     Live,
+    /// Live after a replay that ended at `after` in `stream`: a delivery of that stream at or
+    /// before it was replayed already (or preceded the client's `since`, when the `since` was ahead
+    /// of what the owner had seen) and is not given again.
+    LiveAfter(Stream, u64),
 }
 
 impl State {
+    /// Whether live deliveries reach the member, given the message's stream and position.
+    pub fn takes(&self, stream: Stream, seq: u64) -> bool {
+        match self {
+            State::Live => true,
+            State::LiveAfter(st, after) => stream != *st || seq > *after,
+            State::Pending { .. } | State::Recovering(_) => false,
+        }
+    }
+
     /// The request still owed a reply, if any (a later request on the channel cancels it).
     pub fn take_reply(&mut self) -> Option<Value> {
         match self {
             State::Pending { reply } => reply.take(),
             State::Recovering(c) => c.reply.take(),
-            State::Live => None,
+            State::Live | State::LiveAfter(..) => None,
         }
     }
 }
@@ -201,6 +214,16 @@ mod tests {
         let (_, left) = m.remove("user:1", 1).unwrap();
         assert_eq!(left, None);
         assert_eq!((m.channels(), m.subscriptions()), (0, 0));
+    }
+
+    #[test]
+    fn after_a_replay_what_it_covered_is_not_given_again() {
+        let s = State::LiveAfter(7, 100);
+        assert!(!s.takes(7, 100), "replayed (or before the since)");
+        assert!(s.takes(7, 101));
+        assert!(s.takes(8, 5), "another stream of the channel");
+        assert!(State::Live.takes(7, 1));
+        assert!(!State::Pending { reply: None }.takes(7, 1000));
     }
 
     #[test]

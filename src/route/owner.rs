@@ -97,11 +97,7 @@ impl Router {
     /// its place so the members there are closed (1013) before anything later reaches them.
     fn lost(&self, peer: usize, channel: &Arc<str>) {
         self.interest.borrow_mut().leave(channel, peer);
-        if !self.peers.last_is_lost(peer, channel) {
-            let from = self.shard;
-            let channel = channel.clone();
-            self.peers.control(peer, Control::Lost { channel, from });
-        }
+        self.peers.lost(peer, channel);
     }
 
     /// The owner's side of a recovery page: from memory, else (with Kafka) read from the broker.

@@ -8,6 +8,7 @@ use super::Router;
 use crate::conn::CLOSE_LOST;
 use crate::mesh::{Control, Corr, PageResult};
 use crate::message::Frame;
+use crate::protocol::{self, ErrorCode, Refusal};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -16,17 +17,21 @@ enum After {
     Continue,
     Live,
     Close,
+    /// The recovery failed before its reply: the request is refused and the member goes.
+    Refuse,
 }
 
 impl Router {
     /// Queues a recovery of `conn` for its next page.
     pub(super) fn schedule(&self, conn: u64, channel: Arc<str>) {
-        self.sched
-            .borrow_mut()
-            .entry(conn)
-            .or_default()
-            .queue
-            .push_back(channel);
+        {
+            let mut sched = self.sched.borrow_mut();
+            let q = &mut sched.entry(conn).or_default().queue;
+            // A channel waits at most once: repeated requests must not grow the queue.
+            if !q.contains(&channel) {
+                q.push_back(channel);
+            }
+        }
         self.pump(conn);
     }
 
@@ -182,18 +187,34 @@ impl Router {
                     }
                     None => After::Close,
                 },
-                PageResult::Failed(e) => {
-                    tracing::info!(channel = %channel, error = %e, "recovery failed: closing with 1013");
-                    After::Close
-                }
+                PageResult::Failed(e) => match c.reply.take() {
+                    Some(id) => {
+                        let r = Refusal::new(
+                            ErrorCode::Internal,
+                            format!("recovery failed ({e}): subscribe again with since"),
+                        );
+                        m.conn
+                            .send(&Rc::new(Frame::text(&protocol::reply_err(&id, &r))));
+                        After::Refuse
+                    }
+                    None => {
+                        tracing::info!(channel = %channel, error = %e, "recovery failed: closing with 1013");
+                        After::Close
+                    }
+                },
             };
+            let floor = (c.stream, c.after);
             match after {
-                After::Live => m.state = State::Live,
+                After::Live => m.state = State::LiveAfter(floor.0, floor.1),
+                After::Refuse => {}
                 After::Close => m.conn.request_close(CLOSE_LOST),
                 After::Continue => {}
             }
             after
         };
+        if matches!(after, After::Refuse) {
+            self.unsubscribe(corr.conn, channel);
+        }
         if matches!(after, After::Continue) {
             if let Some(s) = self.sched.borrow_mut().get_mut(&corr.conn) {
                 s.queue.push_back(channel.clone());
