@@ -307,8 +307,12 @@ impl Config {
             fig = fig.merge(Toml::file(path));
         }
         fig = fig
-            // GATEWAY_LOG is the log filter, not a config key.
-            .merge(Env::prefixed("GATEWAY_").ignore(&["LOG"]).split("__"))
+            // GATEWAY_LOG and GATEWAY_LOG_FORMAT set the logs, not config keys.
+            .merge(
+                Env::prefixed("GATEWAY_")
+                    .ignore(&["LOG", "LOG_FORMAT"])
+                    .split("__"),
+            )
             .merge(Serialized::defaults(overrides));
         let cfg: Config = fig.extract().context("invalid configuration")?;
         cfg.validate()?;

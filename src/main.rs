@@ -20,6 +20,18 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Mint an HS256 token for development (uses the configured secret, or the dev secret).
     Token(TokenArgs),
+    /// Write a configuration with a random JWT secret and API key (stdout, or a new file).
+    Genconfig {
+        /// File to create (readable by its owner only); it must not exist.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Validate a configuration file (with the GATEWAY_* environment) and print the effective
+    /// configuration, secrets redacted. Exits non-zero with the reason when it is invalid.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -307,15 +319,42 @@ impl ServeArgs {
     }
 }
 
+/// Logs to stderr, filtered by `GATEWAY_LOG`; `GATEWAY_LOG_FORMAT=json` writes one JSON object per
+/// line, for log shippers.
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("GATEWAY_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}
+
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs();
     match Cli::parse().command {
+        Command::Genconfig { out } => match out {
+            Some(path) => {
+                gateway::config_commands::write_new(&path)?;
+                eprintln!("wrote {} (mode 0600)", path.display());
+                Ok(())
+            }
+            None => {
+                print!("{}", gateway::config_commands::generate()?);
+                Ok(())
+            }
+        },
+        Command::CheckConfig { file } => {
+            let config = Config::load(Some(&file), json!({}))
+                .with_context(|| format!("{} is not a valid configuration", file.display()))?;
+            print!("{}", gateway::config_commands::effective(&config)?);
+            eprintln!("{}: valid", file.display());
+            Ok(())
+        }
         Command::Serve(args) => {
             let file = args.config.clone();
             let config = Config::load(file.as_deref(), (*args).overrides())?;

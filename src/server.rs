@@ -69,6 +69,9 @@ pub fn start(config: Config) -> Result<Running> {
              Set auth.api_key (GATEWAY_AUTH__API_KEY) in production."
         );
     }
+    for w in listener::kernel_warnings() {
+        tracing::warn!("{w}");
+    }
     let verifier = Verifier::from_config(&config.auth)?;
     let shards = config.shard_count();
     let fd_cap = nofile_limit().saturating_sub(FD_RESERVE);
@@ -184,9 +187,15 @@ pub fn serve(config: Config) -> Result<()> {
         "gateway ready ws={} admin={} shards={}",
         running.ws_addr, running.admin_addr, node.shards
     );
+    // systemd (Type=notify): ready only now that every shard listens. No-op without NOTIFY_SOCKET.
+    crate::notify::ready(&format!(
+        "ready ws={} admin={} shards={}",
+        running.ws_addr, running.admin_addr, node.shards
+    ));
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutdown requested");
     }
+    crate::notify::stopping("draining");
     node.drain();
     let limit = Duration::from_millis(node.config.drain_timeout_ms + 500);
     if !running.wait(limit) {

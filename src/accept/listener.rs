@@ -11,7 +11,28 @@ use std::rc::Rc;
 use std::time::Duration;
 
 /// Deep enough for a fast ramp of tens of thousands of connections (capped by somaxconn).
-const BACKLOG: i32 = 4096;
+pub const BACKLOG: i32 = 4096;
+
+/// Kernel settings that would quietly limit the listener, with what to set (docs/deploy.md).
+pub fn kernel_warnings() -> Vec<String> {
+    let read =
+        |path: &str| -> Option<i64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    let mut out = Vec::new();
+    let backlog = i64::from(BACKLOG);
+    if let Some(n) = read("/proc/sys/net/core/somaxconn").filter(|n| *n < backlog) {
+        out.push(format!(
+            "net.core.somaxconn is {n}: each shard's listen backlog of {backlog} is clamped to it, and a connect \
+             storm beyond it is dropped or delayed; set net.core.somaxconn={backlog} or more"
+        ));
+    }
+    if let Some(n) = read("/proc/sys/net/ipv4/tcp_max_syn_backlog").filter(|n| *n < backlog) {
+        out.push(format!(
+            "net.ipv4.tcp_max_syn_backlog is {n}: half-open connections beyond it are dropped under a connect \
+             storm; set it to {backlog} or more"
+        ));
+    }
+    out
+}
 
 fn socket(addr: SocketAddr) -> std::io::Result<Socket> {
     let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
