@@ -61,14 +61,24 @@ impl Gateway {
             API_KEY,
         ];
         all.extend_from_slice(args);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-        cmd.args(&all).stdin(Stdio::null()).stdout(Stdio::piped());
-        // Configuration from the environment would change what the flags say.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("GATEWAY_") {
-                cmd.env_remove(&k);
-            }
+        let (child, line, reader) = Gateway::launch(gateway_command(&all, &[]), &all);
+        let (ws_addr, admin_addr, n) =
+            parse_ready(line.trim()).unwrap_or_else(|| panic!("unexpected ready line {line:?}"));
+        assert_eq!(n, shards, "ready line reports the shard count: {line:?}");
+        Gateway {
+            ws_addr,
+            admin_addr,
+            shards,
+            child,
+            _stdout: Some(reader),
+            exited: None,
         }
+    }
+
+    /// Spawns `cmd` (logs to stderr when `GATEWAY_TEST_LOG` names a filter, else silenced) and
+    /// waits for its ready line on a thread, so a gateway that never gets ready fails in bounded
+    /// time. `args` is for the failure messages.
+    fn launch(mut cmd: Command, args: &[&str]) -> (Child, String, BufReader<ChildStdout>) {
         match std::env::var("GATEWAY_TEST_LOG") {
             Ok(filter) => {
                 cmd.env("GATEWAY_LOG", filter).stderr(Stdio::inherit());
@@ -79,7 +89,6 @@ impl Gateway {
         }
         let mut child = cmd.spawn().expect("spawning the gateway binary");
         let stdout = child.stdout.take().expect("piped stdout");
-        // Read the ready line on a thread so a gateway that never gets ready fails in bounded time.
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
@@ -95,24 +104,14 @@ impl Gateway {
             }
             Err(_) => {
                 let _ = child.kill();
-                panic!("the gateway did not print its ready line within 30 s (args {all:?})");
+                panic!("the gateway did not print its ready line within 30 s (args {args:?})");
             }
         };
         if line.is_empty() {
             let status = child.wait().ok();
-            panic!("the gateway exited before it was ready ({status:?}); args {all:?}");
+            panic!("the gateway exited before it was ready ({status:?}); args {args:?}");
         }
-        let (ws_addr, admin_addr, n) =
-            parse_ready(line.trim()).unwrap_or_else(|| panic!("unexpected ready line {line:?}"));
-        assert_eq!(n, shards, "ready line reports the shard count: {line:?}");
-        Gateway {
-            ws_addr,
-            admin_addr,
-            shards,
-            child,
-            _stdout: Some(reader),
-            exited: None,
-        }
+        (child, line, reader)
     }
 
     pub fn pid(&self) -> i32 {
@@ -1247,39 +1246,7 @@ impl Gateway {
     /// needs) and waits for its ready line. Unspecified listen addresses (0.0.0.0, ::) in the
     /// ready line are turned into loopback ones, so tests only ever talk to loopback.
     pub fn start_exact(args: &[&str], envs: &[(&str, &str)]) -> Gateway {
-        let mut cmd = gateway_command(args, envs);
-        match std::env::var("GATEWAY_TEST_LOG") {
-            Ok(filter) => {
-                cmd.env("GATEWAY_LOG", filter).stderr(Stdio::inherit());
-            }
-            Err(_) => {
-                cmd.env("GATEWAY_LOG", "error").stderr(Stdio::null());
-            }
-        }
-        let mut child = cmd.spawn().expect("spawning the gateway binary");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let r = reader.read_line(&mut line).map(|_| line);
-            let _ = tx.send((r, reader));
-        });
-        let (line, reader) = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok((Ok(line), reader)) => (line, reader),
-            Ok((Err(e), _)) => {
-                let _ = child.kill();
-                panic!("reading the gateway's ready line: {e}");
-            }
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the gateway did not print its ready line within 30 s (args {args:?})");
-            }
-        };
-        if line.is_empty() {
-            let status = child.wait().ok();
-            panic!("the gateway exited before it was ready ({status:?}); args {args:?}");
-        }
+        let (child, line, reader) = Gateway::launch(gateway_command(args, envs), args);
         let (mut ws_addr, mut admin_addr, shards) =
             parse_ready(line.trim()).unwrap_or_else(|| panic!("unexpected ready line {line:?}"));
         for a in [&mut ws_addr, &mut admin_addr] {
