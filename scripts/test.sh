@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The project's test command (README): installs what the tests need, runs every test, then a short run
-# of each fuzz target (scripts/fuzz.sh; FUZZ_SECONDS per target, 0 to skip).
+# The project's test command (README): installs what the tests need (Tansu, the Autobahn|Testsuite,
+# Prometheus, cargo-deb), runs every test, then a short run of each fuzz target (scripts/fuzz.sh; FUZZ_SECONDS per
+# target, 0 to skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 ./scripts/install-tansu.sh
 ./scripts/install-autobahn.sh
+./scripts/install-prometheus.sh
+./scripts/install-deb-tools.sh
 cargo test --workspace --all-targets "$@"
 if [ "${FUZZ_SECONDS:-20}" != 0 ]; then
   ./scripts/fuzz.sh -t "${FUZZ_SECONDS:-20}"
