@@ -263,7 +263,7 @@ impl Default for LimitsConfig {
             max_frame_bytes: 64 * 1024,
             max_handshake_bytes: 8 * 1024,
             handshake_timeout_ms: 5_000,
-            max_handshakes_per_shard: 1024,
+            max_handshakes_per_shard: 4096,
             queue_bytes: 256 * 1024,
             socket_send_buffer_bytes: 64 * 1024,
             client_frames_per_sec: 50,
