@@ -79,3 +79,22 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlog_settings_below_the_listen_backlog_are_named() {
+        let low = warnings_from(|p| Some(if p.ends_with("somaxconn") { 128 } else { 4096 }));
+        assert_eq!(low.len(), 1);
+        assert!(low[0].contains("net.core.somaxconn is 128"), "{low:?}");
+        let both = warnings_from(|_| Some(1024));
+        assert_eq!(both.len(), 2);
+        assert!(warnings_from(|_| Some(65535)).is_empty());
+        assert!(
+            warnings_from(|_| None).is_empty(),
+            "unreadable settings are not guessed at"
+        );
+    }
+}
