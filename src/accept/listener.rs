@@ -15,8 +15,11 @@ pub const BACKLOG: i32 = 4096;
 
 /// Kernel settings that would quietly limit the listener, with what to set (docs/deploy.md).
 pub fn kernel_warnings() -> Vec<String> {
-    let read =
-        |path: &str| -> Option<i64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    warnings_from(|path| std::fs::read_to_string(path).ok()?.trim().parse().ok())
+}
+
+/// The warnings for the values `read` gives for each /proc/sys path.
+fn warnings_from(read: impl Fn(&str) -> Option<i64>) -> Vec<String> {
     let mut out = Vec::new();
     let backlog = i64::from(BACKLOG);
     if let Some(n) = read("/proc/sys/net/core/somaxconn").filter(|n| *n < backlog) {
