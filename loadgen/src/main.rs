@@ -7,11 +7,13 @@
 
 mod args;
 mod common;
+mod counts;
 mod hold;
 mod hold_conn;
 mod hold_worker;
 mod publish;
 mod report;
+mod stalled;
 mod stats;
 mod worker;
 mod ws;

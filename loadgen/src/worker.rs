@@ -5,13 +5,13 @@
 //! `{"progress":…}` lines while ramping, `{"ready":…}` once every connection was tried, then waits for
 //! `stop <published per room>` on stdin and prints `{"result":…}`.
 
+use crate::counts::{close, fail, State};
 use crate::stats::{self, SeqTrack, WorkerResult};
 use crate::ws::{self, Frame, Target};
 use anyhow::{Context, Result};
-use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -74,21 +74,6 @@ fn now_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or_default()
-}
-
-#[derive(Default)]
-struct State {
-    connect: Option<Histogram<u64>>,
-    delivery: Option<Histogram<u64>>,
-    connected: u64,
-    failed: BTreeMap<String, u64>,
-    closes: BTreeMap<String, u64>,
-    tracks: Vec<(usize, SeqTrack)>,
-    last_rx: HashMap<(u32, u64), u64>,
-    attempted: usize,
-    churn_cycles: u64,
-    churn_received: u64,
-    stalled: BTreeMap<String, u64>,
 }
 
 fn emit(v: serde_json::Value) {
@@ -231,7 +216,7 @@ async fn connection(
     mut stop: watch::Receiver<bool>,
 ) {
     if g >= cfg.conns {
-        return stalled(cfg, target, g, state, stop).await;
+        return crate::stalled::stalled(cfg, target, g, state, stop).await;
     }
     let room = g % cfg.rooms;
     if !churns(g, cfg.churn_fraction) {
@@ -280,13 +265,13 @@ fn ws_path(cfg: &WorkerCfg, g: usize, room_name: &str) -> String {
     }
 }
 
-fn subscribe_frame(room_name: &str) -> Vec<u8> {
+pub(crate) fn subscribe_frame(room_name: &str) -> Vec<u8> {
     let sub = format!(r#"{{"type":"subscribe","id":"s","channel":"{room_name}"}}"#);
     ws::client_frame(1, sub.as_bytes())
 }
 
 /// Connects connection `g` (from its source address, within the connect timeout) and upgrades.
-async fn open(
+pub(crate) async fn open(
     cfg: &WorkerCfg,
     target: &Target,
     g: usize,
@@ -439,77 +424,4 @@ async fn session(
             Ended::Closed
         }
     }
-}
-
-/// A connection that subscribes and then never reads until the run ends. Then it reads what the
-/// kernel kept for it, to see whether the server closed it and with which code.
-async fn stalled(
-    cfg: &WorkerCfg,
-    target: &Target,
-    g: usize,
-    state: &Rc<RefCell<State>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let room_name = room_name(&cfg.room_prefix, g % cfg.rooms);
-    let (mut stream, rest) = match open(cfg, target, g, &room_name, cfg.stalled_recv_buffer).await {
-        Ok(v) => v,
-        Err(label) => return fail(state, format!("stalled {label}"), true),
-    };
-    state.borrow_mut().attempted += 1;
-    if cfg.server == Server::Gateway
-        && stream
-            .write_all(&subscribe_frame(&room_name))
-            .await
-            .is_err()
-    {
-        *state
-            .borrow_mut()
-            .stalled
-            .entry("write_error".into())
-            .or_default() += 1;
-        return;
-    }
-    let _ = stop.changed().await;
-    let mut reader = ws::Reader::new(rest, 64 * 1024);
-    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            loop {
-                match reader.next() {
-                    Ok(Some(Frame::Close(code))) => {
-                        return code.map_or("close_no_code".into(), |c| format!("close_{c}"))
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(_) => return "protocol_error".to_string(),
-                }
-            }
-            match reader.fill(&mut stream).await {
-                Ok(true) => {}
-                Ok(false) => return "eof_without_close".to_string(),
-                Err(_) => return "reset".to_string(),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| "still_open".to_string());
-    *state.borrow_mut().stalled.entry(outcome).or_default() += 1;
-}
-
-/// A failed connect; a churning connection's failed reconnects are counted apart.
-fn fail(state: &Rc<RefCell<State>>, label: String, first: bool) {
-    let mut s = state.borrow_mut();
-    if first {
-        s.attempted += 1;
-        *s.failed.entry(label).or_default() += 1;
-    } else {
-        *s.failed.entry(format!("reconnect {label}")).or_default() += 1;
-    }
-}
-
-fn close(state: &Rc<RefCell<State>>, why: &str) {
-    *state
-        .borrow_mut()
-        .closes
-        .entry(why.to_string())
-        .or_default() += 1;
 }
