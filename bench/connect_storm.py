@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gwtools  # noqa: E402
@@ -52,21 +51,6 @@ def listen_counters():
     return 0, 0
 
 
-def read_phase(proc, phase, timeout):
-    end = time.time() + timeout
-    while time.time() < end:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        try:
-            v = json.loads(line)
-        except ValueError:
-            continue
-        if v.get("phase") == phase:
-            return v
-    raise RuntimeError(f"loadgen hold did not report {phase!r} (exit code {proc.poll()})")
-
-
 def one(args, backlog, gateway, loadgen):
     for name in SYSCTLS:
         write_sysctl(name, backlog)
@@ -83,7 +67,7 @@ def one(args, backlog, gateway, loadgen):
                "--timeout-ms", "10000", "--source-ips", ",".join(gwtools.source_ips(args.source_ips))]
         lg = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               start_new_session=True)
-        connected = read_phase(lg, "connected", args.conns / args.ramp + 60)
+        connected = gwtools.read_phase(lg, "connected", args.conns / args.ramp + 60)
         after = listen_counters()
         lg.stdin.write("stop\n")
         lg.stdin.flush()

@@ -321,3 +321,36 @@ class WsClient:
         except OSError:
             pass
         self.sock.close()
+
+def read_phase(proc, phase, timeout):
+    """The next JSON line `loadgen hold` prints for `phase` (other lines are skipped)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            try:
+                v = json.loads(line)
+            except ValueError:
+                continue
+            if v.get("phase") == phase:
+                return v
+        elif proc.poll() is not None:
+            break
+    raise RuntimeError(f"loadgen hold did not report {phase!r} (exit code {proc.poll()})")
+
+
+def write_summary(out_dir, text, doc, as_json):
+    """summary.md and summary.json in `out_dir`; the table (or the JSON) on stdout."""
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(doc, f, indent=1)
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(text + "\n")
+    if as_json:
+        print(text, file=sys.stderr)
+        print(json.dumps(doc, indent=1))
+    else:
+        print()
+        print(text)

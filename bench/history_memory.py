@@ -17,7 +17,6 @@ show the unbounded cost) and the bound columns say n/a.
 """
 import argparse
 import datetime
-import json
 import multiprocessing
 import os
 import platform
@@ -234,16 +233,7 @@ def main():
     doc = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
            "machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
            "gateway": gateway, "commit": commit, "args": vars(args), "result": res, "stats_shards": shards}
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(doc, f, indent=1)
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(text + "\n")
-    if args.json:
-        print(text, file=sys.stderr)
-        print(json.dumps(doc, indent=1))
-    else:
-        print()
-        print(text)
+    gwtools.write_summary(args.out, text, doc, args.json)
 
 
 if __name__ == "__main__":

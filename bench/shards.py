@@ -22,10 +22,8 @@ not speed. A metric the gateway does not export is reported as n/a.
 """
 import argparse
 import datetime
-import json
 import os
 import platform
-import select
 import signal
 import subprocess
 import sys
@@ -39,26 +37,6 @@ API_KEY = "shards-bench-key"
 MESH = "gateway_mesh_messages_total"
 GOAL_RATIO = 0.10          # RSS per connection and mesh messages per connect: within 10%
 GOAL_IDLE_PER_SHARD = 2.0  # MiB
-
-
-def read_phase(proc, phase, timeout):
-    """The next JSON line loadgen hold prints for `phase` (other lines are skipped)."""
-    end = time.time() + timeout
-    while time.time() < end:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            try:
-                v = json.loads(line)
-            except ValueError:
-                continue
-            if v.get("phase") == phase:
-                return v
-        elif proc.poll() is not None:
-            break
-    raise RuntimeError(f"loadgen hold did not report {phase!r} (exit code {proc.poll()})")
 
 
 def mesh_read(gw):
@@ -103,17 +81,17 @@ def one(args, n, gateway, loadgen, out):
         lg = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               start_new_session=True)
         slack = 60
-        connected = read_phase(lg, "connected", args.conns / args.ramp + slack)
+        connected = gwtools.read_phase(lg, "connected", args.conns / args.ramp + slack)
         m1, rss_connected = mesh_read(gw), gw.rss_kib()
         lg.stdin.write("subscribe\n")
         lg.stdin.flush()
-        subscribed = read_phase(lg, "subscribed", args.conns / args.subscribe_rate + slack)
+        subscribed = gwtools.read_phase(lg, "subscribed", args.conns / args.subscribe_rate + slack)
         m2 = mesh_read(gw)
         time.sleep(args.idle)
         rss_held, m3 = gw.rss_kib(), mesh_read(gw)
         lg.stdin.write("stop\n")
         lg.stdin.flush()
-        done = read_phase(lg, "done", 60)
+        done = gwtools.read_phase(lg, "done", 60)
         lg.wait(timeout=30)
     finally:
         gwtools.kill_tree(lg)
@@ -317,16 +295,7 @@ def main():
         "args": {k: v for k, v in vars(args).items() if k != "serve_flags"},
         "runs": runs, "goals": g,
     }
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(doc, f, indent=1)
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(text + "\n")
-    if args.json:
-        print(text, file=sys.stderr)
-        print(json.dumps(doc, indent=1))
-    else:
-        print()
-        print(text)
+    gwtools.write_summary(args.out, text, doc, args.json)
     if len(done) < len(runs):
         sys.exit(1)
 
