@@ -143,6 +143,8 @@ pub struct Metrics {
     pub jwks_refreshes: [Counter; 2],
     /// Keys in the JWKS in use.
     pub jwks_keys: Gauge,
+    /// 1 while the node drains (after SIGTERM/SIGINT), else 0.
+    pub draining: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -331,10 +333,17 @@ impl Metrics {
         );
         let jwks_keys = Gauge::default();
         registry.register("jwks_keys", "Keys in the JWKS in use", jwks_keys.clone());
+        let draining = Gauge::default();
+        registry.register(
+            "draining",
+            "1 while the gateway drains its connections after SIGTERM/SIGINT",
+            draining.clone(),
+        );
         Metrics {
             registry,
             shards,
             kafka,
+            draining,
             jwks_refreshes: ["ok", "error"]
                 .map(|result| refreshes.get_or_create(&ResultLabel { result }).clone()),
             jwks_keys,

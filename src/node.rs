@@ -71,6 +71,7 @@ impl Node {
     /// Health turns 503, shards stop accepting and close their clients with 1001.
     pub fn drain(&self) {
         if !self.draining.swap(true, Ordering::SeqCst) {
+            self.metrics.draining.set(1);
             tracing::info!("draining: closing connections with 1001");
             self.bus.drain();
         }

@@ -15,6 +15,7 @@ fn sigterm_drains_with_1001_and_exits() {
     let mut stubborn = RawWs::connect(gw.ws_addr, &t);
     let health = http_get(gw.admin_addr, "/health");
     assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(metric_sum(&gw.metrics(), "gateway_draining"), 0.0);
 
     gw.sigterm();
     let signalled = Instant::now();
@@ -34,6 +35,12 @@ fn sigterm_drains_with_1001_and_exits() {
         std::thread::sleep(Duration::from_millis(10));
     }
 
+    // The stubborn client holds the drain open: the metric says so, for the drain alert.
+    assert_eq!(
+        metric_sum(&gw.metrics(), "gateway_draining"),
+        1.0,
+        "expected gateway_draining 1 while draining"
+    );
     for c in &mut clients {
         c.expect_close(1001, WAIT);
     }
