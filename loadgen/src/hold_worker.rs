@@ -7,15 +7,16 @@
 //! out); on `stop` or the end of stdin it closes them all and prints
 //! `{"done":{"closes":{…},"cpu_secs":…}}`.
 
+use crate::common::emit;
 use crate::hold_conn;
 use crate::stats;
 use crate::ws::Target;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
@@ -84,17 +85,9 @@ pub struct State {
     pub closes: BTreeMap<String, u64>,
 }
 
-fn emit(v: serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{v}");
-    let _ = out.flush();
-}
-
 /// Runs a hold worker: reads its config and then commands from stdin, reports on stdout.
 pub fn main() -> Result<()> {
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    let cfg: HoldCfg = serde_json::from_str(&line).context("hold worker config")?;
+    let cfg: HoldCfg = crate::common::read_config("hold worker config")?;
     let (tx, commands) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines().map_while(Result::ok) {

@@ -5,6 +5,7 @@
 //! `{"progress":…}` lines while ramping, `{"ready":…}` once every connection was tried, then waits for
 //! `stop <published per room>` on stdin and prints `{"result":…}`.
 
+use crate::common::emit;
 use crate::counts::{close, fail, State};
 use crate::stats::{self, SeqTrack, WorkerResult};
 use crate::ws::{self, Frame, Target};
@@ -12,7 +13,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -76,17 +77,9 @@ fn now_ns() -> u64 {
         .unwrap_or_default()
 }
 
-fn emit(v: serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{v}");
-    let _ = out.flush();
-}
-
 /// Runs a worker: reads its config from stdin, reports on stdout.
 pub fn main() -> Result<()> {
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    let cfg: WorkerCfg = serde_json::from_str(&line).context("worker config")?;
+    let cfg: WorkerCfg = crate::common::read_config("worker config")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
