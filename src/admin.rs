@@ -1,12 +1,15 @@
 //! The admin listener (its own thread, a small tokio runtime, hyper): `/health`, `/metrics`,
-//! `/stats` and `POST /api/publish`. Nothing here runs on a shard.
+//! `/stats`, `POST /api/publish` and `POST /api/broadcast` (`publish`, bodies parsed in `parse`).
+//! Nothing here runs on a shard.
 
-use crate::message::Publish;
+mod parse;
+mod publish;
+
 use crate::node::Node;
-use crate::protocol::{check_channel, parse_priority, ErrorCode};
+use crate::protocol::ErrorCode;
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::server::conn::http1;
@@ -16,13 +19,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Largest `POST /api/publish` body.
-const MAX_PUBLISH_BODY: usize = 1 << 20;
-/// Time allowed for a request's headers, and for its body.
+/// Time allowed for a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the admin listener and serves it on a thread of its own; returns the bound address.
 pub fn spawn(node: Arc<Node>) -> Result<SocketAddr> {
@@ -137,7 +137,8 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Resp, std::co
             r
         }
         (&Method::GET, "/stats") => stats(&node).await,
-        (&Method::POST, "/api/publish") => publish(&node, req).await,
+        (&Method::POST, "/api/publish") => publish::publish(&node, req).await,
+        (&Method::POST, "/api/broadcast") => publish::broadcast(&node, req).await,
         (&Method::POST, "/debug/stall") if node.config.test_hooks => {
             if same_key(bearer(&req).as_bytes(), node.api_key().as_bytes()) {
                 stall(&node, &req)
@@ -149,7 +150,7 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Resp, std::co
                 )
             }
         }
-        (_, "/health" | "/metrics" | "/stats" | "/api/publish") => error(
+        (_, "/health" | "/metrics" | "/stats" | "/api/publish" | "/api/broadcast") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::BadRequest,
             "method not allowed",
@@ -269,132 +270,4 @@ fn same_key(given: &[u8], expected: &[u8]) -> bool {
             .zip(expected)
             .fold(0u8, |a, (x, y)| a | (x ^ y))
             == 0
-}
-
-async fn publish(node: &Node, req: Request<Incoming>) -> Resp {
-    if !same_key(bearer(&req).as_bytes(), node.api_key().as_bytes()) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden,
-            "missing or wrong API key",
-        );
-    }
-    if node.is_draining() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal,
-            "gateway is shutting down",
-        );
-    }
-    let body = Limited::new(req.into_body(), MAX_PUBLISH_BODY).collect();
-    let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Err(_) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                ErrorCode::BadRequest,
-                "body not received in time",
-            );
-        }
-        Ok(Err(e)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                &format!("body: {e}"),
-            );
-        }
-    };
-    let p = match parse_publish(&body, node.config.limits.max_channel_len) {
-        Ok(p) => p,
-        Err(m) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &m),
-    };
-    if node.kafka.is_some() {
-        return publish_kafka(node, p).await;
-    }
-    let channel = p.channel.clone();
-    match node.bus.publish(p).await {
-        Ok(pos) => json_response(
-            StatusCode::OK,
-            &json!({"ok": true, "channel": channel, "pos": pos}),
-        ),
-        Err(r) => error(StatusCode::SERVICE_UNAVAILABLE, r.code, &r.message),
-    }
-}
-
-/// With Kafka, an HTTP publish goes to the upstream topic like a client's and reaches clients on
-/// every node when consumed back; the answer comes after the broker's acknowledgement.
-async fn publish_kafka(node: &Node, p: Publish) -> Resp {
-    let Some(producer) = node.admin_producer.get() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal,
-            "Kafka unavailable",
-        );
-    };
-    let mut headers = std::collections::BTreeMap::new();
-    for (k, v) in [("event", p.event), ("id", p.id)] {
-        if let Some(v) = v {
-            headers.insert(k.to_string(), v.into_bytes());
-        }
-    }
-    if p.priority != 3 {
-        headers.insert("priority".into(), p.priority.to_string().into_bytes());
-    }
-    let record = rskafka::record::Record {
-        key: Some(p.channel.clone().into_bytes()),
-        value: Some(p.data.to_string().into_bytes()),
-        headers,
-        timestamp: chrono::Utc::now(),
-    };
-    let topic = &node.config.kafka.upstream_topic;
-    let started = Instant::now();
-    let result = producer.produce(topic, record).await;
-    if let Some(k) = &node.kafka {
-        k.produce_latency(started.elapsed());
-    }
-    match result {
-        Ok((partition, offset)) => {
-            let pos = crate::kafka::format_pos(topic, partition, offset);
-            json_response(
-                StatusCode::OK,
-                &json!({"ok": true, "channel": p.channel, "pos": pos}),
-            )
-        }
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "HTTP publish to Kafka failed");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Internal,
-                "Kafka unavailable",
-            )
-        }
-    }
-}
-
-/// `{"channel":..,"event":..,"id":..,"priority":..,"data":..}`
-pub fn parse_publish(body: &[u8], max_channel_len: usize) -> Result<Publish, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
-    let obj = v.as_object().ok_or("body must be a JSON object")?;
-    let channel = obj
-        .get("channel")
-        .and_then(Value::as_str)
-        .ok_or("channel (string) is required")?;
-    check_channel(channel, max_channel_len)?;
-    let opt_str = |k: &str| -> Result<Option<String>, String> {
-        match obj.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(format!("{k} must be a string")),
-        }
-    };
-    Ok(Publish {
-        channel: channel.to_string(),
-        event: opt_str("event")?,
-        id: opt_str("id")?,
-        priority: parse_priority(obj.get("priority"))?,
-        data: obj.get("data").cloned().unwrap_or(Value::Null),
-        from: None,
-        born: Instant::now(),
-        origin_ms: None,
-    })
 }

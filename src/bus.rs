@@ -13,6 +13,8 @@ const CONTROL_QUEUE: usize = 4096;
 pub enum Control {
     /// Sequence and fan out; answers with the message's `pos`.
     Publish(Publish, oneshot::Sender<Result<String, Refusal>>),
+    /// Sequence and fan out each, in order; answers with their `pos`, in the same order.
+    PublishMany(Vec<Publish>, oneshot::Sender<Vec<String>>),
     /// The shard's `/stats` section.
     Stats(oneshot::Sender<Value>),
     /// Stop accepting and close every connection with 1001.
@@ -43,6 +45,43 @@ impl Bus {
             .await
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
+    }
+
+    /// Publishes a batch: one control message per owner shard (not per message), all owners
+    /// working at once; a channel's messages keep their order, since one owner sequences them in
+    /// the order given. The answers come back in the batch's order.
+    pub async fn publish_many(&self, batch: Vec<Publish>) -> Vec<Result<String, Refusal>> {
+        let shards = self.shards.len();
+        let mut per_owner: Vec<(Vec<usize>, Vec<Publish>)> =
+            (0..shards).map(|_| Default::default()).collect();
+        let n = batch.len();
+        for (i, p) in batch.into_iter().enumerate() {
+            let o = &mut per_owner[owner_of(&p.channel, shards)];
+            o.0.push(i);
+            o.1.push(p);
+        }
+        let gone = || Refusal::new(ErrorCode::Internal, "gateway is shutting down");
+        let mut waiting = Vec::new();
+        for (owner, (indices, msgs)) in per_owner.into_iter().enumerate() {
+            if msgs.is_empty() {
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            let sent = self.shards[owner]
+                .send(Control::PublishMany(msgs, tx))
+                .await;
+            waiting.push((indices, sent.ok().map(|()| rx)));
+        }
+        let mut out: Vec<Result<String, Refusal>> = (0..n).map(|_| Err(gone())).collect();
+        for (indices, rx) in waiting {
+            let Some(rx) = rx else { continue };
+            if let Ok(positions) = rx.await {
+                for (i, pos) in indices.into_iter().zip(positions) {
+                    out[i] = Ok(pos);
+                }
+            }
+        }
+        out
     }
 
     pub async fn stats(&self) -> Vec<Value> {

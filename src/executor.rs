@@ -111,6 +111,15 @@ pub async fn run(
                 let msg = shard.router.sequence(p);
                 let _ = tx.send(Ok(msg.pos.to_string()));
             }
+            Control::PublishMany(batch, tx) => {
+                let mut positions = Vec::with_capacity(batch.len());
+                for p in batch {
+                    positions.push(shard.router.sequence(p).pos.to_string());
+                    // A batch with big rooms must not hold the shard's connections for long.
+                    glommio::yield_if_needed().await;
+                }
+                let _ = tx.send(positions);
+            }
             Control::Stats(tx) => {
                 let _ = tx.send(shard.stats());
             }

@@ -114,7 +114,8 @@ fn http_publish_checks_key_and_body() {
 
     let bad_bodies = [
         ("{not json", "malformed JSON"),
-        ("[1,2]", "not an object"),
+        ("5", "not an object"),
+        ("[1,2", "malformed array"),
         (r#"{"event":"e","data":1}"#, "missing channel"),
         (r#"{"channel":"","data":1}"#, "empty channel"),
         (r#"{"channel":5,"data":1}"#, "channel not a string"),
@@ -135,6 +136,12 @@ fn http_publish_checks_key_and_body() {
         let r = http_post(a, "/api/publish", Some(API_KEY), body);
         assert_eq!(r.status, 400, "{what}: {r:?}");
     }
+    // An array is a batch (tests/publish_batch.rs): its bad elements are answered one by one.
+    let r = http_post(a, "/api/publish", Some(API_KEY), "[1,2]");
+    assert_eq!(r.status, 200, "{r:?}");
+    let answers = r.json();
+    assert_eq!(answers.as_array().map(Vec::len), Some(2), "{answers}");
+    assert!(answers.as_array().unwrap().iter().all(|e| e["ok"] == false));
 
     let r = http_post(a, "/api/publish", Some(API_KEY), &valid);
     assert_eq!(r.status, 200, "{r:?}");

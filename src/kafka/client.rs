@@ -73,6 +73,10 @@ pub fn partition_for(key: &[u8], partitions: usize) -> i32 {
     ((murmur2(key) & 0x7fff_ffff) as usize % partitions.max(1)) as i32
 }
 
+/// Largest produce request `produce_many` sends to one partition, well under Kafka's default
+/// `message.max.bytes` (1 MB): a 1 MiB HTTP batch for one partition goes out in a few requests.
+const PRODUCE_CHUNK_BYTES: usize = 256 * 1024;
+
 /// Produces to any topic. Used by the Kafka I/O threads and the admin thread; its caches are
 /// locked only for a look-up, never across a request.
 pub struct Producer {
@@ -119,6 +123,107 @@ impl Producer {
         let c = Arc::new(partition_client(&self.client, topic, p).await?);
         lock(&self.clients).insert(key, c.clone());
         Ok(c)
+    }
+
+    /// Produces many records: one request per partition (split at `PRODUCE_CHUNK_BYTES`), the
+    /// partitions at once, each partition's records in the order given. Answers per record, in
+    /// order; after a failed request the rest of that partition is not tried, so what did go out
+    /// keeps its order and a retry of the failed ones cannot overtake it.
+    pub async fn produce_many(
+        self: &Arc<Self>,
+        topic: &str,
+        records: Vec<Record>,
+    ) -> Vec<Result<(i32, i64), String>> {
+        let n = records.len();
+        let partitions = match self.partition_count(topic).await {
+            Ok(p) => p,
+            Err(e) => return (0..n).map(|_| Err(format!("{e:#}"))).collect(),
+        };
+        let mut per_partition: HashMap<i32, Vec<(usize, Record)>> = HashMap::new();
+        for (i, r) in records.into_iter().enumerate() {
+            let p = match &r.key {
+                Some(k) => partition_for(k, partitions),
+                None => (self.round_robin.fetch_add(1, Ordering::Relaxed) % partitions) as i32,
+            };
+            per_partition.entry(p).or_default().push((i, r));
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (p, recs) in per_partition {
+            let this = self.clone();
+            let topic = topic.to_string();
+            tasks.spawn(async move { this.produce_partition(&topic, p, recs).await });
+        }
+        let mut out: Vec<Result<(i32, i64), String>> =
+            (0..n).map(|_| Err("not produced".to_string())).collect();
+        while let Some(done) = tasks.join_next().await {
+            // A panicked task leaves its records answered "not produced".
+            for (i, r) in done.unwrap_or_default() {
+                out[i] = r;
+            }
+        }
+        out
+    }
+
+    /// One partition's share of `produce_many`, chunk by chunk.
+    async fn produce_partition(
+        &self,
+        topic: &str,
+        p: i32,
+        recs: Vec<(usize, Record)>,
+    ) -> Vec<(usize, Result<(i32, i64), String>)> {
+        let mut out = Vec::with_capacity(recs.len());
+        let mut failed: Option<String> = None;
+        let client = match self.client_for(topic, p).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                failed = Some(format!("{e:#}"));
+                None
+            }
+        };
+        let mut recs = recs.into_iter().peekable();
+        while recs.peek().is_some() {
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            while let Some((i, r)) =
+                recs.next_if(|_| chunk.is_empty() || bytes < PRODUCE_CHUNK_BYTES)
+            {
+                bytes += r.approximate_size();
+                chunk.push((i, r));
+            }
+            let (indices, batch): (Vec<usize>, Vec<Record>) = chunk.into_iter().unzip();
+            let result = match (&failed, &client) {
+                (None, Some(c)) => {
+                    c.produce(batch, Compression::NoCompression)
+                        .await
+                        .map_err(|e| {
+                            lock(&self.partitions).remove(topic);
+                            format!("producing to {topic}/{p}: {e}")
+                        })
+                }
+                (Some(e), _) => Err(e.clone()),
+                (None, None) => Err("no partition client".to_string()),
+            };
+            match result {
+                Ok(offsets) if offsets.len() == indices.len() => {
+                    out.extend(
+                        indices
+                            .into_iter()
+                            .zip(offsets)
+                            .map(|(i, o)| (i, Ok((p, o)))),
+                    );
+                }
+                Ok(_) => {
+                    failed = Some("the broker acknowledged another number of offsets".into());
+                    let e = failed.clone().unwrap_or_default();
+                    out.extend(indices.into_iter().map(|i| (i, Err(e.clone()))));
+                }
+                Err(e) => {
+                    failed.get_or_insert_with(|| e.clone());
+                    out.extend(indices.into_iter().map(|i| (i, Err(e.clone()))));
+                }
+            }
+        }
+        out
     }
 
     /// Produces one record; answers with its partition and offset once the broker has it.
