@@ -17,7 +17,8 @@ use std::sync::Arc;
 pub struct ConnSlot {
     shard: Rc<Shard>,
     node_slot: bool,
-    keyed: Vec<(SlotKind, Arc<str>)>,
+    /// At most one of each kind (address, user), held inline: no allocation per connection.
+    keyed: [Option<(SlotKind, Arc<str>)>; 2],
 }
 
 impl ConnSlot {
@@ -25,7 +26,7 @@ impl ConnSlot {
         ConnSlot {
             shard,
             node_slot: false,
-            keyed: Vec::new(),
+            keyed: [None, None],
         }
     }
 
@@ -44,7 +45,12 @@ impl ConnSlot {
         if !router.acquire_slot(kind, key.clone()).await {
             return false;
         }
-        self.keyed.push((kind, key));
+        let free = self.keyed.iter_mut().find(|k| k.is_none());
+        match free {
+            Some(k) => *k = Some((kind, key)),
+            // Both kinds are held already: a third slot is a bug, and is not kept.
+            None => router.release_slot(kind, key),
+        }
         true
     }
 }
@@ -54,7 +60,7 @@ impl Drop for ConnSlot {
         if self.node_slot {
             self.shard.node.release_connection();
         }
-        for (kind, key) in self.keyed.drain(..) {
+        for (kind, key) in self.keyed.iter_mut().filter_map(Option::take) {
             self.shard.router.release_slot(kind, key);
         }
     }

@@ -192,7 +192,9 @@ pub struct LimitsConfig {
 pub struct SessionConfig {
     /// WebSocket ping interval; a connection silent for two intervals is closed.
     pub heartbeat_ms: u64,
-    /// tungstenite's read buffer per connection (it is allocated eagerly).
+    /// tungstenite's read buffer per connection: allocated eagerly and held by every connection,
+    /// so small (client frames are small); a bigger frame grows it while it is read, this many
+    /// bytes per copy out of the shard's scratch buffer.
     pub read_buffer_bytes: usize,
     /// `refresh_due` goes out this long before the token's `exp` (at most half the token's
     /// remaining life at connect).
@@ -279,7 +281,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             heartbeat_ms: 30_000,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 128,
             refresh_notice_secs: 60,
             echo: false,
         }

@@ -55,20 +55,20 @@ impl Router {
             let ch = members.entry(key.clone());
             let ready = s.automatic || ch.live_now(owner_here);
             let state = match s.since {
-                Some(since) => State::Recovering(Cursor {
+                Some(since) => State::Recovering(Box::new(Cursor {
                     gen: self.gen(),
                     stream: since.stream,
                     after: since.seq,
                     reply: s.reply.clone(),
                     started: Instant::now(),
                     scanned: 0,
-                }),
+                })),
                 None if ready => {
                     answer = s.reply.clone();
                     State::Live
                 }
                 None => State::Pending {
-                    reply: s.reply.clone(),
+                    reply: s.reply.clone().map(Box::new),
                 },
             };
             if let Some(m) = ch.members.get_mut(&conn.id) {
@@ -79,7 +79,7 @@ impl Router {
                 m.state = match (state, &m.state) {
                     // Still waiting for the owner: the new request waits too.
                     (State::Live, State::Pending { .. }) => {
-                        let reply = answer.take();
+                        let reply = answer.take().map(Box::new);
                         State::Pending { reply }
                     }
                     (state, _) => state,

@@ -26,16 +26,17 @@ pub struct Cursor {
     pub scanned: usize,
 }
 
-/// Where a member stands.
+/// Where a member stands. Kept small (the rare states boxed): every membership holds one, and a
+/// user's own channel is a map of one member, allocated per connection.
 #[derive(Debug)]
 pub enum State {
     /// Waiting for the owner to acknowledge this shard's `Join`; `reply` answers once live.
     Pending {
-        reply: Option<Value>,
+        reply: Option<Box<Value>>,
     },
     /// Replaying from a cursor. Live messages are not given to it: they were sequenced before
     /// the page that ends the replay, so the pages hold them.
-    Recovering(Cursor),
+    Recovering(Box<Cursor>),
     Live,
     /// Live after a replay that ended at `after` in `stream`: a delivery of that stream at or
     /// before it was replayed already (or preceded the client's `since`, when the `since` was ahead
@@ -56,7 +57,7 @@ impl State {
     /// The request still owed a reply, if any (a later request on the channel cancels it).
     pub fn take_reply(&mut self) -> Option<Value> {
         match self {
-            State::Pending { reply } => reply.take(),
+            State::Pending { reply } => reply.take().map(|r| *r),
             State::Recovering(c) => c.reply.take(),
             State::Live | State::LiveAfter(..) => None,
         }
@@ -227,9 +228,25 @@ mod tests {
     }
 
     #[test]
+    fn a_member_stays_small() {
+        // Every membership holds one, and each connection's own channel is a map of one
+        // (at least 4 buckets): the rare states are boxed so the common ones cost 3 words.
+        assert!(
+            std::mem::size_of::<State>() <= 24,
+            "{}",
+            std::mem::size_of::<State>()
+        );
+        assert!(
+            std::mem::size_of::<Member>() <= 48,
+            "{}",
+            std::mem::size_of::<Member>()
+        );
+    }
+
+    #[test]
     fn a_pending_reply_is_owed_once() {
         let mut s = State::Pending {
-            reply: Some(Value::from("a")),
+            reply: Some(Box::new(Value::from("a"))),
         };
         assert_eq!(s.take_reply(), Some(Value::from("a")));
         assert_eq!(s.take_reply(), None);
