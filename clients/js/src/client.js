@@ -3,6 +3,7 @@ import { Backoff } from './backoff.js';
 import { GatewayError } from './errors.js';
 import { Subscription } from './subscription.js';
 import { RecentPositions } from './positions.js';
+import { Requests } from './requests.js';
 
 const DEFAULTS = {
   requestTimeoutMs: 10_000,
@@ -45,21 +46,13 @@ export class Client extends Emitter {
     this._state = 'idle';
     this._gen = 0;
     this._ws = null;
-    this._nextId = 0;
     this._welcome = null;
     /** @type {Map<string, Subscription>} */
     this._subs = new Map();
     /** Last positions per channel (subscriptions and the automatic channels), bounded. */
     this._positions = new RecentPositions(this._opts.dedupWindow);
-    /** Requests sent and waiting for their reply: id -> entry. */
-    this._pending = new Map();
-    /** App requests not sent yet (bounded with _pending by maxQueuedRequests). */
-    this._queue = [];
-    /** Client-made requests (subscribe, refresh, ping) sent before app requests. */
-    this._controlQueue = [];
-    this._tokens = this._opts.framesBurst;
-    this._tokensAt = Date.now();
-    this._timers = { reconnect: null, welcome: null, flush: null, watchdog: null, refresh: null };
+    this._requests = new Requests(this._opts);
+    this._timers = { reconnect: null, welcome: null, watchdog: null, refresh: null };
     this._lastFrameAt = 0;
     this._attempts = 0;
     this.stats = { connects: 0, reconnects: 0, duplicates: 0, gaps: 0, refreshes: 0 };
@@ -108,7 +101,7 @@ export class Client extends Emitter {
     this._teardown(1000, 'client closed');
     this._clearTimer('reconnect');
     for (const sub of this._subs.values()) clearTimeout(sub._retryTimer);
-    this._failAll(this._queue.splice(0), 'closed', 'the client was closed');
+    this._requests.close();
     this._setState('closed');
   }
 
@@ -211,11 +204,20 @@ export class Client extends Emitter {
     ws.onerror = () => {}; // a close event follows every error
   }
 
+  /** The token: the fixed one, or the function's answer within connectTimeoutMs. */
   async _token() {
     const t = this._opts.token;
-    const v = typeof t === 'function' ? await t() : t;
-    if (typeof v !== 'string' || v === '') throw new Error('the token function returned no token');
-    return v;
+    let timer;
+    const late = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error('no answer in time')), this._opts.connectTimeoutMs);
+    });
+    try {
+      const v = typeof t === 'function' ? await Promise.race([t(), late]) : t;
+      if (typeof v !== 'string' || v === '') throw new Error('it returned no token');
+      return v;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Closes the current socket from this side and carries on as if the gateway had. */
@@ -229,7 +231,7 @@ export class Client extends Emitter {
     this._gen += 1;
     const ws = this._ws;
     this._ws = null;
-    for (const k of ['welcome', 'flush', 'watchdog', 'refresh']) this._clearTimer(k);
+    for (const k of ['welcome', 'watchdog', 'refresh']) this._clearTimer(k);
     if (ws) {
       ws.onmessage = ws.onclose = null;
       ws.onerror = () => {};
@@ -239,18 +241,7 @@ export class Client extends Emitter {
         // already closed
       }
     }
-    // Requests on the wire will never be answered on another connection.
-    for (const [id, e] of this._pending) {
-      if (!e.sent) continue;
-      this._pending.delete(id);
-      clearTimeout(e.timer);
-      e.done(null, new GatewayError('disconnected', 'the connection ended before the reply'));
-    }
-    for (const e of this._controlQueue.splice(0)) {
-      clearTimeout(e.timer);
-      this._pending.delete(e.id);
-      e.done(null, new GatewayError('disconnected', 'the connection ended before sending'));
-    }
+    this._requests.detach();
     for (const sub of this._subs.values()) sub._onDisconnect();
   }
 
@@ -299,7 +290,7 @@ export class Client extends Emitter {
         return this._onMessage(f);
       case 'reply':
       case 'pong':
-        return this._onReply(f);
+        return this._requests.reply(f);
       case 'refresh_due':
         return this._refresh(gen, 0);
       case 'join':
@@ -339,9 +330,13 @@ export class Client extends Emitter {
       }
     }
     for (const sub of this._subs.values()) sub._send();
+    const ws = this._ws;
+    this._requests.attach(
+      (frame) => ws.send(JSON.stringify(frame)),
+      () => this._drop(gen, 4003, 'send failed'),
+    );
     this._watch(gen, Number(w.heartbeat_ms) || 30_000);
     this.emit('connected', w);
-    this._flush();
   }
 
   _onMessage(m) {
@@ -355,19 +350,6 @@ export class Client extends Emitter {
     }
     sub?.emit('message', m);
     this.emit('message', m);
-  }
-
-  _onReply(f) {
-    const e = this._pending.get(String(f.id));
-    if (!e) return;
-    this._pending.delete(e.id);
-    clearTimeout(e.timer);
-    if (f.type === 'reply' && f.ok === false) {
-      const err = f.error ?? {};
-      e.done(null, new GatewayError(err.code ?? 'internal', err.message ?? 'refused'));
-    } else {
-      e.done(f, null);
-    }
   }
 
   _gap(channel, since, sub) {
@@ -430,87 +412,13 @@ export class Client extends Emitter {
 
   /** An app request: queued (bounded) until connected, rejected after requestTimeoutMs. */
   _request(frame) {
-    return new Promise((resolve, reject) => {
-      if (this._state === 'closed') {
-        reject(new GatewayError('closed', 'the client was closed'));
-        return;
-      }
-      // Every app request is in _pending from the call until its reply (queued or sent).
-      const waiting = this._pendingApp();
-      if (waiting >= this._opts.maxQueuedRequests) {
-        reject(new GatewayError('queue_full', `${waiting} requests already waiting`));
-        return;
-      }
-      const e = this._entry(frame, (reply, err) => (err ? reject(err) : resolve(reply)), true);
-      this._queue.push(e);
-      this._flush();
-    });
-  }
-
-  _pendingApp() {
-    let n = 0;
-    for (const e of this._pending.values()) if (e.app) n += 1;
-    return n;
+    if (this._state === 'closed') return Promise.reject(new GatewayError('closed', 'the client was closed'));
+    return this._requests.request(frame);
   }
 
   /** A client-made request for the current connection; `done(reply, err)`. Returns its id. */
   _control(frame, done, timeoutMs) {
-    const e = this._entry(frame, done, false, timeoutMs);
-    this._controlQueue.push(e);
-    this._flush();
-    return e.id;
-  }
-
-  _entry(frame, done, app, timeoutMs = this._opts.requestTimeoutMs) {
-    const id = String(++this._nextId);
-    const e = { id, frame: { ...frame, id }, done, app, sent: false, timer: null };
-    e.timer = setTimeout(() => {
-      this._pending.delete(id);
-      const q = app ? this._queue : this._controlQueue;
-      const i = q.indexOf(e);
-      if (i >= 0) q.splice(i, 1);
-      done(null, new GatewayError('timeout', `no reply to ${frame.type} in ${timeoutMs} ms`));
-    }, timeoutMs);
-    this._pending.set(id, e);
-    return e;
-  }
-
-  /** Sends what is queued, paced to stay under the gateway's per-connection frame rate. */
-  _flush() {
-    if (this._state !== 'connected' || this._timers.flush) return;
-    const now = Date.now();
-    const { maxFramesPerSec, framesBurst } = this._opts;
-    this._tokens = Math.min(framesBurst, this._tokens + ((now - this._tokensAt) / 1000) * maxFramesPerSec);
-    this._tokensAt = now;
-    while (this._controlQueue.length + this._queue.length > 0) {
-      if (this._tokens < 1) {
-        const wait = Math.ceil(((1 - this._tokens) / maxFramesPerSec) * 1000);
-        this._timers.flush = setTimeout(() => {
-          this._timers.flush = null;
-          this._flush();
-        }, wait);
-        return;
-      }
-      const e = this._controlQueue.length ? this._controlQueue.shift() : this._queue.shift();
-      this._tokens -= 1;
-      e.sent = true;
-      try {
-        this._ws.send(JSON.stringify(e.frame));
-      } catch {
-        // Not from inside the caller's stack: it may still be setting up the request.
-        const gen = this._gen;
-        queueMicrotask(() => this._drop(gen, 4003, 'send failed'));
-        return;
-      }
-    }
-  }
-
-  _failAll(entries, code, message) {
-    for (const e of entries) {
-      clearTimeout(e.timer);
-      this._pending.delete(e.id);
-      e.done(null, new GatewayError(code, message));
-    }
+    return this._requests.control(frame, done, timeoutMs);
   }
 
   // --- subscriptions -----------------------------------------------------------------------

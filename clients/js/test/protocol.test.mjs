@@ -219,3 +219,25 @@ function collect(target) {
   target.on('message', (m) => got.push(m));
   return got;
 }
+
+test('a token function that fails or hangs is reported and tried again', async (t) => {
+  const server = await scripted((c) => welcome(c.ws));
+  t.after(() => server.close());
+  let calls = 0;
+  const token = () => {
+    calls += 1;
+    if (calls === 1) return Promise.reject(new Error('backend down'));
+    if (calls === 2) return new Promise(() => {}); // never answers
+    return Promise.resolve('tok');
+  };
+  const client = new Client({ url: server.url, token, WebSocket, connectTimeoutMs: 200, backoff: fast });
+  t.after(() => client.close());
+  const errors = [];
+  client.on('error', (e) => errors.push(e.message));
+  await client.connect().ready();
+  assert.equal(calls, 3);
+  assert.equal(errors.length, 2);
+  assert.match(errors[0], /backend down/);
+  assert.match(errors[1], /no answer in time/);
+  assert.equal(server.conns.length, 1, 'no socket without a token');
+});
