@@ -11,8 +11,8 @@ const DEFAULTS = {
   maxQueuedRequests: 1000,
   maxSubscriptions: 1000,
   dedupWindow: 256,
-  maxFramesPerSec: 20,
-  framesBurst: 40,
+  maxFramesPerSec: 40,
+  framesBurst: 80,
   maxReconnectAttempts: Infinity,
 };
 

@@ -39,7 +39,10 @@ export interface ClientOptions {
   maxSubscriptions?: number;
   /** Recent positions kept per channel to drop duplicates (default 256). */
   dedupWindow?: number;
-  /** Frames sent per second at most, and the burst above it (defaults 20 and 40). */
+  /**
+   * Frames sent per second at most, and the burst above it (defaults 40 and 80: below the
+   * gateway's default `limits.client_frames_per_sec` 50 and `client_frames_burst` 100).
+   */
   maxFramesPerSec?: number;
   framesBurst?: number;
   /** Failed attempts in a row before giving up (state `closed`); default Infinity. */

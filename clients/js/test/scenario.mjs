@@ -35,6 +35,7 @@ export async function noLossScenario(makeClient, log = () => {}) {
     await waitKafkaReady(gwB);
     const startA = async () => {
       const gw = await startGateway({
+        shards: 2,
         args: [...args, '--history-size', '2'],
         env: { GATEWAY_KAFKA__RECOVERY_MAX_RECORDS: '3' },
       });
