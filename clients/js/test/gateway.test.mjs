@@ -184,3 +184,36 @@ test('150 subscriptions are paced below the frame-rate limit and all resumed aft
   assert.deepEqual(limited.map((l) => Number(l.split(' ').pop())).filter((v) => v !== 0), [], 'no frame was refused');
   assert.ok(subs.every((s) => s.state === 'subscribed'));
 });
+
+test('a refreshed token that no longer allows a channel ends its subscription', async (t) => {
+  const gw = await startGateway({ args: ['--refresh-notice-secs', '2'] });
+  t.after(() => gw.stop());
+  let calls = 0;
+  const client = new Client({
+    url: gw.url,
+    WebSocket,
+    backoff: fast,
+    token: async () => {
+      calls += 1;
+      // The first token (4 s) allows room_*; the refreshed one only news_*.
+      return calls === 1 ? token('3', { channels: ['room_*', 'news_*'], ttl: 4 }) : token('3', { channels: ['news_*'] });
+    },
+  });
+  t.after(() => client.close());
+  const room = client.subscribe('room_x');
+  const news = client.subscribe('news_x');
+  const ended = new Promise((r) => room.once('unsubscribed', r));
+  const refreshed = new Promise((r) => client.once('refreshed', r));
+  client.connect();
+  await Promise.all([room.ready, news.ready]);
+  const { reason } = await ended;
+  assert.match(reason, /./, 'the gateway gives a reason');
+  await refreshed;
+  assert.equal(room.state, 'unsubscribed');
+  assert.equal(client.getSubscription('room_x'), undefined);
+  assert.equal(client.getSubscription('news_x'), news);
+  const got = [];
+  news.on('message', (m) => got.push(m.data));
+  await publish(gw, { channel: 'news_x', data: 'still here' });
+  await waitFor('news after the refresh', () => got.length === 1);
+});

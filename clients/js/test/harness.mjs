@@ -80,7 +80,12 @@ export async function startGateway({ shards = 1, args = [], env = {} } = {}) {
   const log = process.env.GATEWAY_TEST_LOG;
   const proc = spawn(gatewayBinary(), all, {
     env: { ...cleanEnv, GATEWAY_LOG: log || 'error', ...env },
-    stdio: ['ignore', 'pipe', log ? 'inherit' : 'ignore'],
+    stdio: ['ignore', 'pipe', log ? 'inherit' : 'pipe'],
+  });
+  // The end of stderr, for the error when it does not get ready.
+  let stderr = '';
+  proc.stderr?.on('data', (d) => {
+    stderr = (stderr + d).slice(-4000);
   });
   const line = await new Promise((resolve, reject) => {
     let buf = '';
@@ -95,7 +100,7 @@ export async function startGateway({ shards = 1, args = [], env = {} } = {}) {
     });
     proc.on('exit', (code) => {
       clearTimeout(timer);
-      reject(new Error(`the gateway exited (${code}) before it was ready: ${all.join(' ')}`));
+      reject(new Error(`the gateway exited (${code}) before it was ready: ${all.join(' ')}\n${stderr}`));
     });
   });
   proc.stdout.resume();
