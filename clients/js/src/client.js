@@ -358,13 +358,18 @@ export class Client extends Emitter {
     this.emit('gap', { channel, since });
   }
 
-  /** Asks for a pong when nothing came for a heartbeat; no pong in time ends the connection. */
+  /**
+   * Asks for a pong when nothing came for a heartbeat (browsers do not show the gateway's
+   * WebSocket pings to scripts); nothing at all in the next heartbeat ends the connection.
+   */
   _watch(gen, heartbeatMs) {
     const tick = () => {
       if (gen !== this._gen) return;
-      if (Date.now() - this._lastFrameAt >= heartbeatMs) {
+      const now = Date.now();
+      if (now - this._lastFrameAt >= heartbeatMs) {
         this._control({ type: 'ping' }, (r, err) => {
-          if (err && err.code === 'timeout') this._drop(gen, 4000, 'no pong in time');
+          // Frames that came meanwhile (a long replay ahead of the pong) show it is alive.
+          if (err?.code === 'timeout' && this._lastFrameAt < now) this._drop(gen, 4000, 'no pong in time');
         }, heartbeatMs);
       }
       this._timers.watchdog = setTimeout(tick, heartbeatMs);

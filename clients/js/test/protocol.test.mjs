@@ -241,3 +241,23 @@ test('a token function that fails or hangs is reported and tried again', async (
   assert.match(errors[1], /no answer in time/);
   assert.equal(server.conns.length, 1, 'no socket without a token');
 });
+
+test('a connection that goes silent is detected by the ping watchdog and replaced', async (t) => {
+  const server = await scripted((c) => {
+    c.ws.send(JSON.stringify({ type: 'welcome', conn_id: 'c', user: '1', shard: 0, heartbeat_ms: 150, expires: 2e9, channels: [] }));
+    // The first connection never answers; the second answers pings.
+    c.onFrame = (f) => {
+      if (c.n > 0 && f.type === 'ping') send(c.ws, { type: 'pong', id: f.id });
+    };
+  });
+  t.after(() => server.close());
+  const client = new Client({ url: server.url, token: 'tok', WebSocket, backoff: fast });
+  t.after(() => client.close());
+  const codes = [];
+  client.on('disconnected', (d) => codes.push(d.code));
+  client.connect();
+  await waitFor('pings answered on a second connection', () => server.conns[1]?.frames.filter((f) => f.type === 'ping').length >= 2);
+  assert.deepEqual(codes, [4000]);
+  assert.equal(server.conns[0].frames.filter((f) => f.type === 'ping').length, 1);
+  assert.equal(client.state, 'connected');
+});
