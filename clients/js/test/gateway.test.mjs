@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import WebSocket from 'ws';
 import { Client, GatewayError } from '../src/index.js';
-import { publish, startGateway, startProxy, token, waitFor } from './harness.mjs';
+import { publish, sign, startGateway, startProxy, token, waitFor } from './harness.mjs';
 
 const fast = { initialMs: 50, maxMs: 500 };
 
@@ -75,7 +75,7 @@ test('subscribe, receive, publish, refusals and unsubscribe', async (t) => {
 });
 
 test('refresh_due calls the token function and the connection outlives the first token', async (t) => {
-  const gw = await startGateway({ args: ['--refresh-notice-secs', '2'] });
+  const gw = await startGateway({ args: ['--refresh-notice-secs', '4'] });
   t.after(() => gw.stop());
   const issued = [];
   const client = new Client({
@@ -83,10 +83,12 @@ test('refresh_due calls the token function and the connection outlives the first
     WebSocket,
     backoff: fast,
     token: async () => {
-      // The first token lives 4 s; refresh_due comes 2 s before its exp.
-      const ttl = issued.length === 0 ? 4 : 3600;
-      issued.push(Math.floor(Date.now() / 1000) + ttl);
-      return token('7', { channels: ['room_*'], ttl });
+      // The first token lives 6 s; refresh_due comes 4 s before its exp (3 s if the connection
+      // took long: at most half the remaining life), ample time on a loaded machine.
+      const ttl = issued.length === 0 ? 6 : 3600;
+      const exp = Math.floor(Date.now() / 1000) + ttl;
+      issued.push(exp);
+      return sign({ sub: '7', exp, channels: ['room_*'] });
     },
   });
   t.after(() => client.close());
@@ -186,7 +188,7 @@ test('150 subscriptions are paced below the frame-rate limit and all resumed aft
 });
 
 test('a refreshed token that no longer allows a channel ends its subscription', async (t) => {
-  const gw = await startGateway({ args: ['--refresh-notice-secs', '2'] });
+  const gw = await startGateway({ args: ['--refresh-notice-secs', '4'] });
   t.after(() => gw.stop());
   let calls = 0;
   const client = new Client({
@@ -195,8 +197,8 @@ test('a refreshed token that no longer allows a channel ends its subscription', 
     backoff: fast,
     token: async () => {
       calls += 1;
-      // The first token (4 s) allows room_*; the refreshed one only news_*.
-      return calls === 1 ? token('3', { channels: ['room_*', 'news_*'], ttl: 4 }) : token('3', { channels: ['news_*'] });
+      // The first token (6 s) allows room_*; the refreshed one only news_*.
+      return calls === 1 ? token('3', { channels: ['room_*', 'news_*'], ttl: 6 }) : token('3', { channels: ['news_*'] });
     },
   });
   t.after(() => client.close());
