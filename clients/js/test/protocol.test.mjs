@@ -261,3 +261,17 @@ test('a connection that goes silent is detected by the ping watchdog and replace
   assert.equal(server.conns[0].frames.filter((f) => f.type === 'ping').length, 1);
   assert.equal(client.state, 'connected');
 });
+
+test('the bounds: subscriptions and the duplicate window', async () => {
+  const { RecentPositions } = await import('../src/positions.js');
+  const client = new Client({ url: 'ws://127.0.0.1:9/ws', token: 't', WebSocket, maxSubscriptions: 1 });
+  client.subscribe('a');
+  assert.throws(() => client.subscribe('b'), (e) => e.code === 'limit_exceeded');
+  assert.equal(client.subscribe('a'), client.getSubscription('a'), 'the same channel is not a second one');
+  // A window of 2: the oldest position is forgotten first, so memory stays bounded per channel.
+  const r = new RecentPositions(2);
+  r.track('c');
+  assert.deepEqual(['p1', 'p2', 'p1', 'p3', 'p2', 'p1'].map((p) => r.see('c', p)), ['new', 'new', 'duplicate', 'new', 'duplicate', 'new']);
+  assert.equal(r.last('c'), 'p1');
+  assert.equal(r.see('other', 'p1'), 'untracked');
+});
