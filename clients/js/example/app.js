@@ -9,6 +9,7 @@ const joinForm = $('#join');
 for (const k of ['url', 'channel', 'token']) {
   if (params.has(k)) joinForm.elements[k].value = params.get(k);
 }
+joinForm.elements.presence.checked = params.get('presence') === '1';
 
 let client = null;
 let sub = null;
@@ -41,7 +42,7 @@ function show(m) {
   showCounts();
 }
 
-function join({ url, channel, token }) {
+function join({ url, channel, token, presence }) {
   client?.close();
   $('#messages').replaceChildren();
   // A fixed token here; an app would pass an async function that asks its backend for a fresh
@@ -57,7 +58,8 @@ function join({ url, channel, token }) {
     showCounts();
   });
   client.on('error', (e) => log(`error ${e.message}`));
-  sub = client.subscribe(channel, { joinLeave: true });
+  // join/leave frames need presence enabled for the channel; the gateway refuses them otherwise.
+  sub = client.subscribe(channel, { joinLeave: presence });
   sub.on('message', show);
   sub.on('subscribed', ({ resumed, recovered }) => {
     if (resumed) log(`resumed ${channel} (${recovered ? 'nothing lost' : 'could not recover'})`);
@@ -73,7 +75,7 @@ function join({ url, channel, token }) {
 joinForm.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const f = joinForm.elements;
-  join({ url: f.url.value, channel: f.channel.value, token: f.token.value.trim() });
+  join({ url: f.url.value, channel: f.channel.value, token: f.token.value.trim(), presence: f.presence.checked });
 });
 
 $('#send').addEventListener('submit', async (ev) => {
@@ -99,4 +101,7 @@ $('#who').addEventListener('click', async () => {
   }
 });
 
-if (params.get('token')) join({ url: joinForm.elements.url.value, channel: joinForm.elements.channel.value, token: params.get('token') });
+if (params.get('token')) {
+  const f = joinForm.elements;
+  join({ url: f.url.value, channel: f.channel.value, token: params.get('token'), presence: f.presence.checked });
+}

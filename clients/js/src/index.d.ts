@@ -136,7 +136,7 @@ export interface SubscribeOptions {
   filter?: Record<string, Array<string | number | boolean | null>>;
   /** Start from this `pos` (e.g. one the app stored). */
   since?: string;
-  /** Receive `join` / `leave` frames for this channel. */
+  /** Receive `join` / `leave` frames (the channel needs presence enabled: `bad_request` otherwise). */
   joinLeave?: boolean;
 }
 
