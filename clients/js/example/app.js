@@ -94,7 +94,7 @@ $('#who').addEventListener('click', async () => {
   if (!sub) return;
   try {
     const p = await sub.presence();
-    const list = Object.entries(p.members).map(([u, n]) => `${u} (${n})`).join(', ');
+    const list = Object.entries(p.members).sort(([a], [b]) => a.localeCompare(b)).map(([u, n]) => `${u} (${n})`).join(', ');
     log(`${p.users} here: ${list}${p.truncated ? ', …' : ''}`);
   } catch (e) {
     log(`presence: ${e.message}`);
