@@ -229,7 +229,7 @@ backend gateways
     balance leastconn
     option httpchk GET /health
     http-check expect status 200
-    default-server inter 300ms fall 2 rise 2
+    default-server inter 300ms fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down
 {servers}
 """
         path = os.path.join(self.out, "haproxy.cfg")

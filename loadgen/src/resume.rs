@@ -270,8 +270,12 @@ impl Conn {
                             if answered {
                                 continue;
                             }
-                            let Reply::Ok(recovered) = reply else {
-                                break 'conn "resubscribe_refused";
+                            let recovered = match reply {
+                                Reply::Ok(r) => r,
+                                Reply::Refused(why) => {
+                                    close(state, &format!("resubscribe refused ({why})"));
+                                    break 'conn "";
+                                }
                             };
                             answered = true;
                             let mut s = state.borrow_mut();

@@ -26,8 +26,9 @@ pub fn subscribe_text(room: &str, id: u64, since: Option<&str>) -> String {
 pub enum Reply {
     /// `ok`, with `recovered` when the request had `since`.
     Ok(Option<bool>),
-    /// `ok: false` (for instance `internal`: the replay could not read the broker yet).
-    Refused,
+    /// `ok: false` (for instance `internal`: the replay could not read the broker yet), with the
+    /// error's code and message (parsed: refusals are rare).
+    Refused(String),
 }
 
 /// Reads a `reply` frame; `None` for every other frame.
@@ -37,7 +38,13 @@ pub fn reply_of(text: &[u8]) -> Option<Reply> {
         return None;
     }
     if !has(br#""ok":true"#) {
-        return Some(Reply::Refused);
+        let v: serde_json::Value = serde_json::from_slice(text).unwrap_or_default();
+        let e = &v["error"];
+        return Some(Reply::Refused(format!(
+            "{}: {}",
+            e["code"].as_str().unwrap_or("?"),
+            e["message"].as_str().unwrap_or("?")
+        )));
     }
     let recovered = if has(br#""recovered":true"#) {
         Some(true)
@@ -72,8 +79,8 @@ mod tests {
             Some(Reply::Ok(None))
         );
         assert_eq!(
-            reply_of(br#"{"error":{"code":"internal"},"id":"r3","ok":false,"type":"reply"}"#),
-            Some(Reply::Refused)
+            reply_of(br#"{"error":{"code":"internal","message":"busy"},"id":"r3","ok":false,"type":"reply"}"#),
+            Some(Reply::Refused("internal: busy".into()))
         );
     }
 
