@@ -56,7 +56,12 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let timeout = Duration::from_millis(limits.handshake_timeout_ms);
     let ws_path = shard.node.config.ws_path.clone();
     let max = limits.max_handshake_bytes;
-    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    // The address is only needed for the per-address limit: without it, no syscall for it.
+    let peer = shard
+        .router
+        .slot_limited(crate::mesh::SlotKind::Ip)
+        .then(|| stream.peer_addr().ok().map(|a| a.ip()))
+        .flatten();
     let started = async {
         let up = read_request(&mut stream, max, &ws_path).await?;
         let (claims, slot) = admit(&shard, &up, peer).await?;
