@@ -58,12 +58,12 @@ pub fn parse_body(body: &[u8], ndjson: bool, max_channel_len: usize) -> Result<B
             let now = Instant::now();
             Ok(Body::Many(
                 items
-                    .iter()
+                    .into_iter()
                     .map(|v| message_from(v, max_channel_len, now))
                     .collect(),
             ))
         }
-        v => message_from(&v, max_channel_len, Instant::now())
+        v => message_from(v, max_channel_len, Instant::now())
             .map(Body::One)
             .map_err(Refused::Malformed),
     }
@@ -85,24 +85,32 @@ fn parse_ndjson(body: &[u8], max_channel_len: usize) -> Result<Vec<Element>, Ref
         .map(|line| {
             serde_json::from_slice::<Value>(line)
                 .map_err(|e| format!("malformed JSON: {e}"))
-                .and_then(|v| message_from(&v, max_channel_len, now))
+                .and_then(|v| message_from(v, max_channel_len, now))
         })
         .collect())
 }
 
-/// `{"channel":..,"event":..,"id":..,"priority":..,"data":..}`
-fn message_from(v: &Value, max_channel_len: usize, born: Instant) -> Result<Publish, String> {
-    let obj = v.as_object().ok_or("a message must be a JSON object")?;
+/// `{"channel":..,"event":..,"id":..,"priority":..,"data":..}`; `data` is moved out, not copied.
+fn message_from(v: Value, max_channel_len: usize, born: Instant) -> Result<Publish, String> {
+    let Value::Object(mut obj) = v else {
+        return Err("a message must be a JSON object".into());
+    };
+    let data = obj.remove("data").unwrap_or(Value::Null);
     let channel = obj
         .get("channel")
         .and_then(Value::as_str)
         .ok_or("channel (string) is required")?;
     check_channel(channel, max_channel_len)?;
-    fields(obj, channel.to_string(), born)
+    fields(&obj, channel.to_string(), data, born)
 }
 
-/// The fields every message has besides its channel.
-fn fields(obj: &Map<String, Value>, channel: String, born: Instant) -> Result<Publish, String> {
+/// The fields every message has besides its channel and its `data`.
+fn fields(
+    obj: &Map<String, Value>,
+    channel: String,
+    data: Value,
+    born: Instant,
+) -> Result<Publish, String> {
     let opt_str = |k: &str| -> Result<Option<String>, String> {
         match obj.get(k) {
             None | Some(Value::Null) => Ok(None),
@@ -115,7 +123,7 @@ fn fields(obj: &Map<String, Value>, channel: String, born: Instant) -> Result<Pu
         event: opt_str("event")?,
         id: opt_str("id")?,
         priority: parse_priority(obj.get("priority"))?,
-        data: obj.get("data").cloned().unwrap_or(Value::Null),
+        data,
         from: None,
         born,
         origin_ms: None,
@@ -142,7 +150,8 @@ pub fn parse_broadcast(body: &[u8], max_channel_len: usize) -> Result<Vec<Target
         return Err(Refused::TooMany(channels.len()));
     }
     let now = Instant::now();
-    let template = fields(obj, String::new(), now).map_err(Refused::Malformed)?;
+    let data = obj.get("data").cloned().unwrap_or(Value::Null);
+    let template = fields(obj, String::new(), data, now).map_err(Refused::Malformed)?;
     let mut seen = HashSet::new();
     Ok(channels
         .iter()
