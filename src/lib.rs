@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod node;
 pub mod notify;
 pub mod outq;
+pub mod presence;
 pub mod protocol;
 pub mod route;
 pub mod server;
