@@ -74,8 +74,8 @@ pub fn member_record(
     ts: u64,
 ) -> (Vec<u8>, Option<Vec<u8>>) {
     let key = serde_json::to_vec(&("m", channel, node, user)).unwrap_or_default();
-    let value = (conns > 0)
-        .then(|| serde_json::to_vec(&MemberValue { conns, ts }).unwrap_or_default());
+    let value =
+        (conns > 0).then(|| serde_json::to_vec(&MemberValue { conns, ts }).unwrap_or_default());
     (key, value)
 }
 

@@ -97,8 +97,8 @@ pub fn start(config: Config) -> Result<Running> {
         config.presence.node_name,
         std::process::id()
     ));
-    let presence_io = (config.presence.enabled() && config.kafka.enabled())
-        .then(crate::kafka::presence::sink);
+    let presence_io =
+        (config.presence.enabled() && config.kafka.enabled()).then(crate::kafka::presence::sink);
     let node = Arc::new(Node {
         metrics,
         kafka,

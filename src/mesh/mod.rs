@@ -169,7 +169,10 @@ pub enum Control {
         list: bool,
     },
     /// A finished reply frame for a connection of the receiver.
-    Reply { conn: u64, text: String },
+    Reply {
+        conn: u64,
+        text: String,
+    },
     /// From the owner to a shard with members: a batch's `join` / `leave` frames.
     PresenceEvents {
         channel: Arc<str>,

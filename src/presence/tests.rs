@@ -68,10 +68,15 @@ fn stale_members_wait_for_their_nodes_liveness() {
     let mut m = Mirror::new("me", 1000, 100);
     assert!(m.apply(member("c", "b", "u1", 1, Some(0)), 5000).is_empty());
     assert!(!m.alive("b", 5000));
-    assert_eq!(m.apply(alive("b", 4900), 5000), vec![set("c", "b", "u1", 1)]);
+    assert_eq!(
+        m.apply(alive("b", 4900), 5000),
+        vec![set("c", "b", "u1", 1)]
+    );
     assert!(m.alive("b", 5000));
     // An old node that never refreshes is never passed on.
-    assert!(m.apply(member("c", "old", "u2", 1, Some(10)), 5000).is_empty());
+    assert!(m
+        .apply(member("c", "old", "u2", 1, Some(10)), 5000)
+        .is_empty());
     assert!(m.apply(alive("old", 20), 5000).is_empty());
 }
 
@@ -83,7 +88,10 @@ fn a_node_that_stops_refreshing_expires_and_comes_back() {
     assert!(m.tick(999).is_empty());
     assert_eq!(m.tick(1000), vec![Update::Gone { node: "b".into() }]);
     assert!(m.tick(1500).is_empty(), "said once");
-    assert_eq!(m.apply(alive("b", 1600), 1600), vec![set("c", "b", "u1", 1)]);
+    assert_eq!(
+        m.apply(alive("b", 1600), 1600),
+        vec![set("c", "b", "u1", 1)]
+    );
     // Silent for FORGET_TTLS ttls: forgotten with its members.
     m.tick(1600 + 1000);
     m.tick(1600 + 1000 * FORGET_TTLS);

@@ -288,9 +288,7 @@ impl Router {
                 self.peers.control(from, Control::Reply { conn, text });
             }
             Control::Reply { conn, text } => self.reply(conn, &text),
-            Control::PresenceEvents { channel, frames } => {
-                self.deliver_presence(&channel, &frames)
-            }
+            Control::PresenceEvents { channel, frames } => self.deliver_presence(&channel, &frames),
         }
     }
 

@@ -39,7 +39,10 @@ fn joins_and_leaves_are_batched_per_channel() {
     let (ev, writes) = t.drain(100);
     assert!(writes.is_empty(), "without Kafka nothing is written");
     assert_eq!(ev.len(), 1);
-    assert_eq!((names(&ev[0].joins), ev[0].leaves.len()), (vec!["u1", "u2"], 0));
+    assert_eq!(
+        (names(&ev[0].joins), ev[0].leaves.len()),
+        (vec!["u1", "u2"], 0)
+    );
     assert!(t.drain(100).0.is_empty(), "each change is told once");
     t.local(&c, &u1, -1); // one connection left: still there
     t.local(&c, &u2, -1);
@@ -100,7 +103,10 @@ fn local_changes_are_written_with_their_counts() {
     t.local(&c, &u2, 1);
     let (_, mut w) = t.drain(100);
     w.sort();
-    assert_eq!(w, vec![(c.clone(), u1.clone(), 2), (c.clone(), u2.clone(), 1)]);
+    assert_eq!(
+        w,
+        vec![(c.clone(), u1.clone(), 2), (c.clone(), u2.clone(), 1)]
+    );
     t.local(&c, &u2, -1);
     let (_, w) = t.drain(100);
     assert_eq!(w, vec![(c.clone(), u2.clone(), 0)], "0: the tombstone");
@@ -136,5 +142,9 @@ fn channels_and_members_are_bounded() {
     t.local(&c, &a("u3"), 1);
     assert_eq!(t.snapshot("room", false, 10).users, 2);
     t.drain(100);
-    assert!(t.snapshot("room", true, 10).members.iter().any(|(u, _)| &**u == "u3"));
+    assert!(t
+        .snapshot("room", true, 10)
+        .members
+        .iter()
+        .any(|(u, _)| &**u == "u3"));
 }
