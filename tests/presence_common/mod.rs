@@ -77,7 +77,17 @@ impl Watcher {
         what: &str,
         done: impl Fn(&[(String, String, Vec<String>)]) -> bool,
     ) {
-        let deadline = Instant::now() + WAIT;
+        self.wait_events_within(what, WAIT, done)
+    }
+
+    /// [`Watcher::wait_events`] with another limit.
+    pub fn wait_events_within(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&[(String, String, Vec<String>)]) -> bool,
+    ) {
+        let deadline = Instant::now() + limit;
         while !done(&self.events) {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.c.recv(left) {
@@ -113,6 +123,13 @@ impl Watcher {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Whether `events` hold a `kind` frame naming `user`.
+pub fn has(events: &[(String, String, Vec<String>)], kind: &str, user: &str) -> bool {
+    events
+        .iter()
+        .any(|(k, _, u)| k == kind && u.iter().any(|x| x == user))
 }
 
 /// `members` of a presence reply as a map.
