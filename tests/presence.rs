@@ -11,8 +11,14 @@ use presence_common::*;
 use serde_json::json;
 
 fn gateway(max_listed: usize) -> Gateway {
-    let toml =
-        format!("[presence]\nchannels = [\"room_*\"]\nbatch_ms = 50\nmax_listed = {max_listed}\n");
+    gateway_with(max_listed, "")
+}
+
+/// Two shards, presence on `room_*`, batches of 50 ms, plus `extra` lines of `[presence]`.
+fn gateway_with(max_listed: usize, extra: &str) -> Gateway {
+    let toml = format!(
+        "[presence]\nchannels = [\"room_*\"]\nbatch_ms = 50\nmax_listed = {max_listed}\n{extra}"
+    );
     let path = config_file(&toml);
     Gateway::start_sharded(2, &["--config", path.to_str().expect("utf-8 path")])
 }
@@ -189,4 +195,47 @@ fn refusals() {
         "{r}"
     );
     assert_eq!(r["members"], json!({}));
+}
+
+#[test]
+fn users_beyond_max_members_are_not_counted() {
+    let gw = gateway_with(10, "max_members = 2\n");
+    let room = "room_full";
+    let mut w = Watcher::new(gw.connect(&member_token("w")));
+    let r = w.ask(json!({"type": "subscribe", "channel": room}));
+    assert_eq!(r["ok"], true, "{r}");
+    let mut a = gw.connect(&member_token("a"));
+    subscribe_jl(&mut a, room, false);
+    w.wait_members(room, &[("w", 1), ("a", 1)], WAIT);
+    // The third user is a member (it gets the channel's messages) but is not counted.
+    let mut b = gw.connect(&member_token("b"));
+    subscribe_jl(&mut b, room, false);
+    let refused = |gw: &Gateway| -> u64 {
+        let s = http_get(gw.admin_addr, "/stats").json();
+        let shards = s["shards"].as_array().cloned().unwrap_or_default();
+        shards
+            .iter()
+            .filter_map(|x| x["presence_refused"].as_u64())
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while refused(&gw) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refusal is counted in /stats"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let r = w.ask(json!({"type": "presence", "channel": room}));
+    assert_eq!(members(&r).len(), 2, "{r}");
+    assert!(
+        members(&r).contains_key("w") && members(&r).contains_key("a"),
+        "{r}"
+    );
+    // A counted user leaves: room is made, and b's next connection is counted.
+    a.close();
+    w.wait_members(room, &[("w", 1)], WAIT);
+    let mut b2 = gw.connect(&member_token("b"));
+    subscribe_jl(&mut b2, room, false);
+    w.wait_members(room, &[("w", 1), ("b", 1)], WAIT);
 }

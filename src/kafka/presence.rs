@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient};
 use rskafka::client::Client;
 use rskafka::record::Record;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -33,6 +33,9 @@ pub struct Write {
     pub user: Arc<str>,
     pub conns: u32,
 }
+
+/// (channel, user): one count of this node in the presence topic.
+type Key = (Arc<str>, Arc<str>);
 
 /// Where owner shards send their writes (never awaited: `try_send`).
 pub type Sink = mpsc::Sender<Vec<Write>>;
@@ -88,12 +91,16 @@ async fn run(cfg: Config, node: Arc<str>, bus: Bus, mut writes: mpsc::Receiver<V
     let mut expire = tokio::time::interval(Duration::from_millis(ttl_ms / 10).max(MIN_PERIOD));
     let mut last_written = now_ms();
     let mut rewrite = false;
+    // Counts whose write failed, latest per key: retried before anything later of the key.
+    let mut failed: HashMap<Key, u32> = HashMap::new();
     tracing::info!(%node, %topic, partitions, "presence: reading and writing the presence topic");
     loop {
         let updates = tokio::select! {
             Some(batch) = writes.recv() => {
-                let ok = write(&pcs, &node, batch).await;
-                rewrite |= !ok;
+                for w in batch {
+                    failed.insert((w.channel, w.user), w.conns);
+                }
+                write(&pcs, &node, &mut failed).await;
                 Vec::new()
             }
             Some(recs) = records.recv() => {
@@ -103,6 +110,9 @@ async fn run(cfg: Config, node: Arc<str>, bus: Bus, mut writes: mpsc::Receiver<V
             _ = alive.tick() => {
                 let (key, value) = alive_record(&node, now_ms());
                 let ok = produce(&pcs[0], vec![record(key, Some(value))]).await;
+                if ok && !failed.is_empty() {
+                    write(&pcs, &node, &mut failed).await;
+                }
                 if ok {
                     // Silent longer than the ttl: other nodes may have dropped this node's members.
                     rewrite |= now_ms().saturating_sub(last_written) >= ttl_ms;
@@ -111,7 +121,6 @@ async fn run(cfg: Config, node: Arc<str>, bus: Bus, mut writes: mpsc::Receiver<V
                 if ok && std::mem::take(&mut rewrite) {
                     vec![Update::Rewrite]
                 } else {
-                    rewrite |= !ok;
                     Vec::new()
                 }
             }
@@ -200,22 +209,36 @@ async fn produce(pc: &PartitionClient, records: Vec<Record>) -> bool {
     }
 }
 
-/// Writes one batch of counts, each channel's to its partition, in order.
-async fn write(pcs: &[Arc<PartitionClient>], node: &str, batch: Vec<Write>) -> bool {
+/// Writes the counts in `pending`, each channel's to its partition; what could not be written
+/// stays in `pending` (a later count of the same key replaces it there, so none overtakes another).
+async fn write(pcs: &[Arc<PartitionClient>], node: &str, pending: &mut HashMap<Key, u32>) {
     let ts = now_ms();
-    let mut by_partition: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
-    for w in batch {
-        let p = partition_for(w.channel.as_bytes(), pcs.len());
-        let (key, value) = member_record(&w.channel, node, &w.user, w.conns, ts);
-        by_partition.entry(p).or_default().push(record(key, value));
+    let mut by_partition: BTreeMap<i32, Vec<Key>> = BTreeMap::new();
+    for (channel, user) in pending.keys() {
+        let p = partition_for(channel.as_bytes(), pcs.len());
+        by_partition
+            .entry(p)
+            .or_default()
+            .push((channel.clone(), user.clone()));
     }
-    let mut ok = true;
-    for (p, recs) in by_partition {
-        if let Some(pc) = usize::try_from(p).ok().and_then(|p| pcs.get(p)) {
-            ok &= produce(pc, recs).await;
+    for (p, keys) in by_partition {
+        let Some(pc) = usize::try_from(p).ok().and_then(|p| pcs.get(p)) else {
+            continue;
+        };
+        let recs = keys
+            .iter()
+            .map(|(c, u)| {
+                let n = pending.get(&(c.clone(), u.clone())).copied().unwrap_or(0);
+                let (key, value) = member_record(c, node, u, n, ts);
+                record(key, value)
+            })
+            .collect();
+        if produce(pc, recs).await {
+            for k in keys {
+                pending.remove(&k);
+            }
         }
     }
-    ok
 }
 
 /// Reads one partition from its start for ever, handing decoded records to the mirror.
