@@ -119,7 +119,9 @@ pub fn start(config: Config) -> Result<Running> {
     });
     let admin_addr = admin::spawn(node.clone())?;
     if let Some((_, rx)) = presence_io {
-        crate::kafka::presence::spawn(&node.config, presence_node, node.bus.clone(), rx)?;
+        let written = node.metrics.presence_written.clone();
+        let bus = node.bus.clone();
+        crate::kafka::presence::spawn(&node.config, presence_node, bus, rx, written)?;
     }
 
     let mut meshes = full_mesh(shards, MESH_CAPACITY).into_iter();

@@ -12,6 +12,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::presence::{alive_record, decode, member_record, Mirror, Rec, Update};
 use anyhow::{Context, Result};
+use prometheus_client::metrics::counter::Counter;
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient};
 use rskafka::client::Client;
 use rskafka::record::Record;
@@ -51,6 +52,7 @@ pub fn spawn(
     node: Arc<str>,
     bus: Bus,
     writes: mpsc::Receiver<Vec<Write>>,
+    written: [Counter; 2],
 ) -> Result<()> {
     let cfg = cfg.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -59,7 +61,7 @@ pub fn spawn(
         .context("presence runtime")?;
     std::thread::Builder::new()
         .name("presence".into())
-        .spawn(move || rt.block_on(run(cfg, node, bus, writes)))
+        .spawn(move || rt.block_on(run(cfg, node, bus, writes, written)))
         .context("starting the presence thread")?;
     Ok(())
 }
@@ -68,7 +70,13 @@ fn now_ms() -> u64 {
     crate::message::now_ms()
 }
 
-async fn run(cfg: Config, node: Arc<str>, bus: Bus, mut writes: mpsc::Receiver<Vec<Write>>) {
+async fn run(
+    cfg: Config,
+    node: Arc<str>,
+    bus: Bus,
+    mut writes: mpsc::Receiver<Vec<Write>>,
+    written: [Counter; 2],
+) {
     let topic = cfg.kafka.presence_topic.clone();
     let (client, partitions) = connect(&cfg, &topic).await;
     let mut pcs: Vec<Arc<PartitionClient>> = Vec::new();
@@ -100,7 +108,7 @@ async fn run(cfg: Config, node: Arc<str>, bus: Bus, mut writes: mpsc::Receiver<V
                 for w in batch {
                     failed.insert((w.channel, w.user), w.conns);
                 }
-                write(&pcs, &node, &mut failed).await;
+                write(&pcs, &node, &mut failed, &written).await;
                 Vec::new()
             }
             Some(recs) = records.recv() => {
@@ -109,9 +117,9 @@ async fn run(cfg: Config, node: Arc<str>, bus: Bus, mut writes: mpsc::Receiver<V
             }
             _ = alive.tick() => {
                 let (key, value) = alive_record(&node, now_ms());
-                let ok = produce(&pcs[0], vec![record(key, Some(value))]).await;
+                let ok = produce(&pcs[0], vec![record(key, Some(value))], &written).await;
                 if ok && !failed.is_empty() {
-                    write(&pcs, &node, &mut failed).await;
+                    write(&pcs, &node, &mut failed, &written).await;
                 }
                 if ok {
                     // Silent longer than the ttl: other nodes may have dropped this node's members.
@@ -199,9 +207,18 @@ fn record(key: Vec<u8>, value: Option<Vec<u8>>) -> Record {
     }
 }
 
-async fn produce(pc: &PartitionClient, records: Vec<Record>) -> bool {
+async fn produce(pc: &PartitionClient, records: Vec<Record>, written: &[Counter; 2]) -> bool {
+    let n = records.len() as u64;
+    let bytes: usize = records
+        .iter()
+        .map(|r| r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len))
+        .sum();
     match pc.produce(records, Compression::NoCompression).await {
-        Ok(_) => true,
+        Ok(_) => {
+            written[0].inc_by(n);
+            written[1].inc_by(bytes as u64);
+            true
+        }
         Err(e) => {
             tracing::warn!(error = %e, "presence: write failed; counts are written again later");
             false
@@ -211,7 +228,12 @@ async fn produce(pc: &PartitionClient, records: Vec<Record>) -> bool {
 
 /// Writes the counts in `pending`, each channel's to its partition; what could not be written
 /// stays in `pending` (a later count of the same key replaces it there, so none overtakes another).
-async fn write(pcs: &[Arc<PartitionClient>], node: &str, pending: &mut HashMap<Key, u32>) {
+async fn write(
+    pcs: &[Arc<PartitionClient>],
+    node: &str,
+    pending: &mut HashMap<Key, u32>,
+    written: &[Counter; 2],
+) {
     let ts = now_ms();
     let mut by_partition: BTreeMap<i32, Vec<Key>> = BTreeMap::new();
     for (channel, user) in pending.keys() {
@@ -233,7 +255,7 @@ async fn write(pcs: &[Arc<PartitionClient>], node: &str, pending: &mut HashMap<K
                 record(key, value)
             })
             .collect();
-        if produce(pc, recs).await {
+        if produce(pc, recs, written).await {
             for k in keys {
                 pending.remove(&k);
             }
