@@ -73,7 +73,7 @@ class Probe:
         claims = {"sub": user, "exp": int(time.time()) + 3600, "channels": ["room_*"]}
         self.ws = gwtools.WsClient(gw.ws, "/ws", gwtools.mint_hs256(SECRET, claims))
         self.n = 0
-        self.frame()  # the welcome
+        self.welcome = self.frame()
 
     def frame(self):
         while True:
@@ -129,6 +129,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--members", type=int, default=10000, help="members of the channel, half per node")
     ap.add_argument("--requests", type=int, default=200, help="timed requests of each kind per node")
+    ap.add_argument("--shards", type=int, default=1, help="shards per node")
     ap.add_argument("--ramp", type=float, default=2000.0)
     ap.add_argument("--subscribe-rate", type=float, default=2000.0)
     ap.add_argument("--out", default=os.path.join(gwtools.ROOT, "bench", "results", "presence"))
@@ -147,11 +148,12 @@ def main():
     half = args.members // 2
     try:
         for name in ("a", "b"):
-            flags = ["--shards", "1", "--jwt-secret", SECRET, "--kafka-brokers", brokers,
+            flags = ["--shards", str(args.shards), "--jwt-secret", SECRET, "--kafka-brokers", brokers,
                      "--kafka-create-topics-partitions", "1", "--config", cfg.name]
             gw = gwtools.Gateway(gateway, flags, log_path=os.path.join(args.out, f"gateway-{name}.log"))
             gws.append(gw.start(timeout=120))
         probes = [Probe(gw, f"probe-{i}") for i, gw in enumerate(gws)]
+        owner_shard = [p.welcome.get("shard") for p in probes]
         _, ready = wait_users(probes[0], 0, 5)
         if ready.get("ok") is not True:
             sys.exit(f"presence_stats refused: {ready}")
@@ -206,10 +208,11 @@ def main():
     rec_leave = sum(leaves[0]) / (2 * half)
     bytes_leave = sum(leaves[1]) / (2 * half)
     doc = {
-        "conditions": {"members": 2 * half, "nodes": 2, "shards_per_node": 1, "broker": "tansu memory",
+        "conditions": {"members": 2 * half, "nodes": 2, "shards_per_node": args.shards, "broker": "tansu memory",
                        "batch_ms": 250, "max_listed": 1000, "requests": args.requests,
                        "subscribe_rate_per_node": args.subscribe_rate,
-                       "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()},
+                       "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
+                       "probe_shards": owner_shard},
         "subscribe_secs": [s["secs"] for s in subscribed],
         "converge_secs_after_subscribed": converge,
         "all_gone_secs_after_stop": gone,
@@ -222,7 +225,7 @@ def main():
     }
     la = latency[0]
     text = "\n".join([
-        f"Presence, {2 * half} members of {ROOM} across 2 nodes (1 shard each, Tansu in memory), "
+        f"Presence, {2 * half} members of {ROOM} across 2 nodes ({args.shards} shard(s) each, Tansu in memory), "
         f"{args.requests} requests of each kind per node, one at a time",
         "",
         "| | node a | node b |",
@@ -233,7 +236,7 @@ def main():
         + " | ".join(f"{x['presence_stats']['p50']} / {x['presence_stats']['p99']}" for x in latency) + " |",
         "| `ping` p50 / p99 ms (same connection) | "
         + " | ".join(f"{x['ping']['p50']} / {x['ping']['p99']}" for x in latency) + " |",
-        f"| all members counted, s after the last subscribe reply | {converge[0]} | {converge[1]} |",
+        f"| all members counted, s after the last subscribe reply (b asked after a) | {converge[0]} | {converge[1]} |",
         f"| presence records written while its {half} joined | {joins[0][0]:.0f} | {joins[0][1]:.0f} |",
         f"| presence bytes written (key+value) while joining | {joins[1][0]:.0f} | {joins[1][1]:.0f} |",
         "",
