@@ -119,3 +119,60 @@ fn presence_spans_nodes_and_a_killed_node_expires() {
     wc.wait_members(room, &[("wa", 1)], EXPIRY);
     drop(k1);
 }
+
+#[test]
+fn a_node_cut_from_kafka_expires_and_comes_back_with_what_changed_meanwhile() {
+    let (proxy, broker) = (0..5)
+        .find_map(|_| {
+            let tansu_port = free_port();
+            let proxy = KafkaProxy::start(tansu_port);
+            let broker = Broker::try_start(tansu_port, proxy.port).ok()?;
+            Some((proxy, broker))
+        })
+        .expect("Tansu behind the proxy did not start in 5 attempts");
+    let kafka = Kafka::connect(&broker.addr());
+    kafka.create_topic("push", 2);
+    kafka.create_topic("up", 1);
+    kafka.create_topic("presence", 2);
+    let start = |id: &str| {
+        let path = config_file(&format!("{CONFIG}client_id = \"{id}\"\n"));
+        let topics = Topics::new(&["push"], "up");
+        let cfg = path.to_str().expect("utf-8 path").to_string();
+        start_ready(
+            2,
+            &broker.addr(),
+            &topics,
+            &["--config", &cfg],
+            &[("push", 0), ("push", 1), ("up", 0)],
+        )
+    };
+    let a = start("gw-a");
+    let b = start("gw-b");
+    assert!(proxy.seen("gw-b") > 0, "b goes through the proxy");
+    let room = "room_cut";
+    let mut wa = Watcher::new(a.connect(&member_token("wa")));
+    let r = wa.ask(json!({"type": "subscribe", "channel": room, "join_leave": true}));
+    assert_eq!(r["ok"], true, "{r}");
+    let mut k = b.connect(&member_token("k"));
+    subscribe_jl(&mut k, room, false);
+    wa.wait_events("k joins", |e| has(e, "join", "k"));
+
+    // b loses Kafka: a expires its members. Meanwhile k leaves and k2 arrives on b; their writes
+    // fail and are retried once b reaches the broker again.
+    proxy.cut("gw-b");
+    wa.wait_events_within("k expires with its node", EXPIRY, |e| has(e, "leave", "k"));
+    wa.wait_members(room, &[("wa", 1)], EXPIRY);
+    k.unsubscribe(room);
+    let mut k2 = b.connect(&member_token("k2"));
+    subscribe_jl(&mut k2, room, false);
+    let failures = || metric_value(&b.metrics(), "gateway_presence_write_failures_total", &[]);
+    wait_until("b's writes fail while it is cut off", EXPIRY, || {
+        failures().is_some_and(|n| n > 0.0)
+    });
+    proxy.restore();
+    wa.wait_events_within("k2 joins once b is back", EXPIRY, |e| has(e, "join", "k2"));
+    wa.wait_members(room, &[("wa", 1), ("k2", 1)], EXPIRY);
+    wa.c.expect_silence(QUIET);
+    let r = wa.ask(json!({"type": "presence", "channel": room}));
+    assert_eq!(members(&r).len(), 2, "k stays gone: {r}");
+}

@@ -27,6 +27,9 @@ const SINK_BATCHES: usize = 1024;
 /// Batches of decoded records waiting between the partition readers and the mirror.
 const READ_BATCHES: usize = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A write the broker has not acknowledged by then counts as failed (and is retried): a lost
+/// broker connection must not hold the reader and the expiry checks behind it for long.
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A user's connection count on this node in a channel, to be written.
 pub struct Write {
@@ -52,7 +55,7 @@ pub fn spawn(
     node: Arc<str>,
     bus: Bus,
     writes: mpsc::Receiver<Vec<Write>>,
-    written: [Counter; 2],
+    written: [Counter; 3],
 ) -> Result<()> {
     let cfg = cfg.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -75,7 +78,7 @@ async fn run(
     node: Arc<str>,
     bus: Bus,
     mut writes: mpsc::Receiver<Vec<Write>>,
-    written: [Counter; 2],
+    written: [Counter; 3],
 ) {
     let topic = cfg.kafka.presence_topic.clone();
     let (client, partitions) = connect(&cfg, &topic).await;
@@ -207,20 +210,25 @@ fn record(key: Vec<u8>, value: Option<Vec<u8>>) -> Record {
     }
 }
 
-async fn produce(pc: &PartitionClient, records: Vec<Record>, written: &[Counter; 2]) -> bool {
+async fn produce(pc: &PartitionClient, records: Vec<Record>, written: &[Counter; 3]) -> bool {
     let n = records.len() as u64;
     let bytes: usize = records
         .iter()
         .map(|r| r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len))
         .sum();
-    match pc.produce(records, Compression::NoCompression).await {
-        Ok(_) => {
+    let produced = pc.produce(records, Compression::NoCompression);
+    match tokio::time::timeout(PRODUCE_TIMEOUT, produced).await {
+        Ok(Ok(_)) => {
             written[0].inc_by(n);
             written[1].inc_by(bytes as u64);
             true
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "presence: write failed; counts are written again later");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("presence: write timed out; counts are written again later");
             false
         }
     }
@@ -232,7 +240,7 @@ async fn write(
     pcs: &[Arc<PartitionClient>],
     node: &str,
     pending: &mut HashMap<Key, u32>,
-    written: &[Counter; 2],
+    written: &[Counter; 3],
 ) {
     let ts = now_ms();
     let mut by_partition: BTreeMap<i32, Vec<Key>> = BTreeMap::new();
@@ -247,7 +255,7 @@ async fn write(
         let Some(pc) = usize::try_from(p).ok().and_then(|p| pcs.get(p)) else {
             continue;
         };
-        let recs = keys
+        let recs: Vec<Record> = keys
             .iter()
             .map(|(c, u)| {
                 let n = pending.get(&(c.clone(), u.clone())).copied().unwrap_or(0);
@@ -255,10 +263,13 @@ async fn write(
                 record(key, value)
             })
             .collect();
+        let n = recs.len() as u64;
         if produce(pc, recs, written).await {
             for k in keys {
                 pending.remove(&k);
             }
+        } else {
+            written[2].inc_by(n);
         }
     }
 }
