@@ -145,6 +145,9 @@ pub struct Metrics {
     pub jwks_keys: Gauge,
     /// 1 while the node drains (after SIGTERM/SIGINT), else 0.
     pub draining: Gauge,
+    /// Records and bytes (keys and values) this node wrote to the presence topic, and count
+    /// records whose write failed (retried).
+    pub presence_written: [Counter; 3],
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -339,11 +342,28 @@ impl Metrics {
             "1 while the gateway drains its connections after SIGTERM/SIGINT",
             draining.clone(),
         );
+        let presence_written = [Counter::default(), Counter::default(), Counter::default()];
+        registry.register(
+            "presence_records_written",
+            "Records this node wrote to the presence topic (counts and liveness)",
+            presence_written[0].clone(),
+        );
+        registry.register(
+            "presence_bytes_written",
+            "Key and value bytes this node wrote to the presence topic",
+            presence_written[1].clone(),
+        );
+        registry.register(
+            "presence_write_failures",
+            "Count records whose write to the presence topic failed (they are retried)",
+            presence_written[2].clone(),
+        );
         Metrics {
             registry,
             shards,
             kafka,
             draining,
+            presence_written,
             jwks_refreshes: ["ok", "error"]
                 .map(|result| refreshes.get_or_create(&ResultLabel { result }).clone()),
             jwks_keys,

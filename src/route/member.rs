@@ -48,6 +48,7 @@ impl Router {
         let mut canceled = None;
         let mut answer = None;
         let mut join = None;
+        let mut counted = None;
         let recovering = s.since.is_some();
         {
             let mut members = self.members.borrow_mut();
@@ -75,6 +76,7 @@ impl Router {
                 canceled = m.state.take_reply();
                 if !m.automatic {
                     m.filter = filter;
+                    m.join_leave = s.join_leave;
                 }
                 m.state = match (state, &m.state) {
                     // Still waiting for the owner: the new request waits too.
@@ -90,11 +92,15 @@ impl Router {
                     ch.joined = Joined::Asked(gen);
                     join = Some(gen);
                 }
+                let presence = s.presence.filter(|_| !s.automatic).map(Arc::from);
+                counted = presence.clone().map(|u| (key.clone(), u));
                 let member = Member {
                     conn: conn.clone(),
                     filter,
                     automatic: s.automatic,
                     state,
+                    presence,
+                    join_leave: s.join_leave && !s.automatic,
                 };
                 members.insert(key.clone(), member);
                 self.metrics.subscriptions.inc();
@@ -112,6 +118,9 @@ impl Router {
                     },
                 );
             }
+        }
+        if let Some((channel, user)) = counted {
+            self.presence_delta(&channel, &user, 1);
         }
         if let Some(id) = canceled {
             reply_canceled(conn, &id);
@@ -138,6 +147,9 @@ impl Router {
             .set(self.members.borrow().channels() as i64);
         if let Some(id) = m.state.take_reply() {
             reply_canceled(&m.conn, &id);
+        }
+        if let Some(user) = &m.presence {
+            self.presence_delta(&self.members.borrow().key(channel), user, -1);
         }
         if matches!(left, Some(Joined::Asked(_) | Joined::Yes(_))) {
             let from = self.shard;
@@ -207,8 +219,12 @@ impl Router {
         self.metrics
             .channels
             .set(self.members.borrow().channels() as i64);
+        let key: Arc<str> = Arc::from(channel);
         for m in ch.members.values() {
             m.conn.request_close(CLOSE_LOST);
+            if let Some(user) = &m.presence {
+                self.presence_delta(&key, user, -1);
+            }
         }
         if matches!(ch.joined, Joined::Asked(_) | Joined::Yes(_)) {
             let me = self.shard;

@@ -212,6 +212,8 @@ impl Session {
                 since: None,
                 reply: None,
                 automatic: true,
+                presence: None,
+                join_leave: false,
             };
             router.subscribe(&self.conn, s);
         }
