@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 ./scripts/install-tansu.sh
 ./scripts/install-autobahn.sh
+./scripts/install-pyws.sh
 ./scripts/install-prometheus.sh
 ./scripts/install-deb-tools.sh
 cargo test --workspace --all-targets "$@"

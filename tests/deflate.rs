@@ -161,8 +161,9 @@ impl DeflateWs {
             }
             assert_eq!(f.opcode(), TEXT, "a text frame: {f:?}");
             assert!(f.first & 0x80 != 0, "one frame per message");
-            let text = if f.rsv1() { unpack(&f.payload) } else { f.payload };
-            return (serde_json::from_slice(&text).expect("JSON"), f.rsv1());
+            let rsv1 = f.rsv1();
+            let text = if rsv1 { unpack(&f.payload) } else { f.payload };
+            return (serde_json::from_slice(&text).expect("JSON"), rsv1);
         }
     }
 
