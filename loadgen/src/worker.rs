@@ -54,6 +54,9 @@ pub struct WorkerCfg {
     pub churn_fraction: f64,
     #[serde(default)]
     pub churn_lifetime_ms: u64,
+    /// Offer permessage-deflate.
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 /// Whether connection `g` churns: a fixed, evenly spread choice, so the main process knows which
@@ -170,6 +173,7 @@ async fn run(cfg: WorkerCfg) -> Result<()> {
         churn_cycles: s.churn_cycles,
         churn_received: s.churn_received,
         stalled: std::mem::take(&mut s.stalled),
+        frame_bytes: s.frame_bytes,
     };
     emit(serde_json::json!({ "result": result }));
     Ok(())
@@ -276,7 +280,7 @@ pub(crate) async fn open(
     let timeout = Duration::from_millis(cfg.connect_timeout_ms);
     match tokio::time::timeout(
         timeout,
-        ws::connect_with(target, source, &path, recv_buffer),
+        ws::connect_offering(target, source, &path, recv_buffer, cfg.deflate.then_some(ws::DEFLATE)),
     )
     .await
     {
@@ -333,6 +337,7 @@ async fn session(
     }
     let end_of_life = lifetime.map(|l| tokio::time::Instant::now() + l);
     let mut reader = ws::Reader::new(rest, 4096);
+    let mut inflater = ws::Inflater::default();
     let why = 'conn: loop {
         loop {
             let frame = match reader.next() {
@@ -341,7 +346,12 @@ async fn session(
                 Err(_) => break 'conn "protocol_error".to_string(),
             };
             match frame {
-                Frame::Text(p) => {
+                Frame::Text(p) | Frame::Packed(p) => {
+                    let wire = ws::wire_len(p.len());
+                    let p = match frame {
+                        Frame::Packed(p) => inflater.message(p),
+                        _ => p,
+                    };
                     let (Some(seq), Some(t)) = (
                         ws::number_after(p, br#""s":"#),
                         ws::number_after(p, br#""t":"#),
@@ -350,6 +360,7 @@ async fn session(
                     };
                     let now = now_ns();
                     let mut s = state.borrow_mut();
+                    s.frame_bytes += wire;
                     match track.as_deref_mut() {
                         Some(track) => track.on(seq),
                         None => s.churn_received += 1,
