@@ -285,22 +285,15 @@ impl Metrics {
             Gauge
         );
         let deflate = [
-            family!(
-                "deflate_compressed",
-                "Messages compressed for permessage-deflate (once per shard and message)",
-                Counter
-            ),
-            family!(
-                "deflate_saved_bytes",
-                "Bytes on the wire saved by permessage-deflate (plain minus compressed, per delivery)",
-                Counter
-            ),
-            family!(
-                "deflate_inflated",
-                "Compressed client messages inflated",
-                Counter
-            ),
-        ];
+            ("deflate_compressed", "Messages compressed for permessage-deflate (once per shard and message)"),
+            ("deflate_saved_bytes", "Bytes on the wire saved by permessage-deflate (plain minus compressed, per delivery)"),
+            ("deflate_inflated", "Compressed client messages inflated"),
+        ]
+        .map(|(name, help)| {
+            let f = Family::<ShardLabel, Counter>::default();
+            registry.register(name, help, f.clone());
+            f
+        });
         let auth = Family::<AuthLabels, Counter>::default();
         registry.register(
             "auth_failures",

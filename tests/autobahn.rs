@@ -59,9 +59,9 @@ fn matches(pattern: &str, case: &str) -> bool {
     fn prefix(p: &str, c: &str) -> bool {
         match p.split_once('*') {
             None => c.starts_with(p),
-            Some((head, rest)) => c
-                .strip_prefix(head)
-                .is_some_and(|t| (0..=t.len()).any(|i| t.is_char_boundary(i) && prefix(rest, &t[i..]))),
+            Some((head, rest)) => c.strip_prefix(head).is_some_and(|t| {
+                (0..=t.len()).any(|i| t.is_char_boundary(i) && prefix(rest, &t[i..]))
+            }),
         }
     }
     prefix(pattern, case)

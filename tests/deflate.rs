@@ -255,20 +255,31 @@ fn pushes_go_compressed_to_clients_that_agreed_and_plain_to_the_others() {
     // (data, compressed for the default window, compressed for a 2^9 window)
     let big = json!({"items": (0..40).map(|i| json!({"id": i, "name": format!("item {i}")})).collect::<Vec<_>>()});
     let mid = json!({"text": "abc ".repeat(80)});
-    for (data, to_packed, to_small) in [(json!(1), false, false), (mid, true, true), (big, true, false)] {
+    for (data, to_packed, to_small) in [
+        (json!(1), false, false),
+        (mid, true, true),
+        (big, true, false),
+    ] {
         gw.publish(&json!({"channel": "room_1", "data": data}));
         let (a, a_rsv1) = packed.next_json_rsv1();
         let (b, b_rsv1) = small_window.next_json_rsv1();
         let (c, c_rsv1) = plain.next_json_rsv1();
         let d = tungstenite_client.recv_message("room_1");
-        assert_eq!((a_rsv1, b_rsv1, c_rsv1), (to_packed, to_small, false), "{data}");
+        assert_eq!(
+            (a_rsv1, b_rsv1, c_rsv1),
+            (to_packed, to_small, false),
+            "{data}"
+        );
         for m in [&a, &b, &c] {
             assert_eq!(m, &d);
         }
         assert_eq!(a["data"], data);
     }
     let m = gw.metrics();
-    assert_eq!(common::metric_sum(&m, "gateway_deflate_compressed_total"), 2.0);
+    assert_eq!(
+        common::metric_sum(&m, "gateway_deflate_compressed_total"),
+        2.0
+    );
     assert!(common::metric_sum(&m, "gateway_deflate_saved_bytes_total") > 1000.0);
 }
 
@@ -360,13 +371,19 @@ fn bad_compressed_input_fails_the_connection_with_a_clear_code() {
     assert_eq!(case(None, &[(RSV1 | TEXT, true, ping.clone())]), 1002);
     // RSV1 on a continuation frame, and on a control frame.
     assert_eq!(
-        case(offer, &[(TEXT, false, b"{".to_vec()), (RSV1, true, b"}".to_vec())]),
+        case(
+            offer,
+            &[(TEXT, false, b"{".to_vec()), (RSV1, true, b"}".to_vec())]
+        ),
         1002
     );
     assert_eq!(case(offer, &[(RSV1 | 0x9, true, Vec::new())]), 1002);
     // Not deflate data, and invalid UTF-8 once inflated.
     assert_eq!(case(offer, &[(RSV1 | TEXT, true, vec![0xff; 20])]), 1007);
-    assert_eq!(case(offer, &[(RSV1 | TEXT, true, pack(&[0xc3, 0x28]))]), 1007);
+    assert_eq!(
+        case(offer, &[(RSV1 | TEXT, true, pack(&[0xc3, 0x28]))]),
+        1007
+    );
     // The same compressed ping, well formed, is answered.
     let mut ws = DeflateWs::connect(gw.ws_addr, &tok, offer);
     let mut out = Vec::new();

@@ -54,8 +54,17 @@ fn python_websockets_negotiates_deflate_and_receives_what_a_plain_client_does() 
     assert_eq!(r["plain_agreed"], Value::Null);
     assert_eq!(r["welcome"], "welcome");
     for who in ["packed", "plain"] {
-        let got: Vec<&Value> = r[who].as_array().expect(who).iter().map(|m| &m["data"]).collect();
-        assert_eq!(got, r["sent"].as_array().unwrap().iter().collect::<Vec<_>>(), "{who}");
+        let got: Vec<&Value> = r[who]
+            .as_array()
+            .expect(who)
+            .iter()
+            .map(|m| &m["data"])
+            .collect();
+        assert_eq!(
+            got,
+            r["sent"].as_array().unwrap().iter().collect::<Vec<_>>(),
+            "{who}"
+        );
     }
     // Frames the compressing client decoded after subscribing: the two replies plain, the two
     // messages compressed (both are over session.deflate_min_bytes, 128, with their envelope).
@@ -70,5 +79,8 @@ fn python_websockets_negotiates_deflate_and_receives_what_a_plain_client_does() 
     // The gateway inflated the client's compressed publish requests.
     let m = gw.metrics();
     assert!(common::metric_sum(&m, "gateway_deflate_inflated_total") >= 2.0);
-    assert_eq!(common::metric_sum(&m, "gateway_deflate_compressed_total"), 2.0);
+    assert_eq!(
+        common::metric_sum(&m, "gateway_deflate_compressed_total"),
+        2.0
+    );
 }

@@ -71,7 +71,9 @@ fn payload(seq: u64, due_ns: u64, room: usize, pad: usize, json: bool) -> String
 /// A JSON array of about `bytes` bytes of trade-like records with random values.
 fn records(bytes: usize) -> String {
     use std::fmt::Write;
-    const SYMBOLS: [&str; 8] = ["AAPL", "MSFT", "GOOG", "AMZN", "TSLA", "NVDA", "META", "NFLX"];
+    const SYMBOLS: [&str; 8] = [
+        "AAPL", "MSFT", "GOOG", "AMZN", "TSLA", "NVDA", "META", "NFLX",
+    ];
     let mut out = String::with_capacity(bytes + 160);
     out.push('[');
     while out.len() < bytes {

@@ -278,9 +278,10 @@ pub(crate) async fn open(
     let path = ws_path(cfg, g, room_name);
     let source = (!cfg.sources.is_empty()).then(|| cfg.sources[g % cfg.sources.len()]);
     let timeout = Duration::from_millis(cfg.connect_timeout_ms);
+    let offer = cfg.deflate.then_some(ws::DEFLATE);
     match tokio::time::timeout(
         timeout,
-        ws::connect_offering(target, source, &path, recv_buffer, cfg.deflate.then_some(ws::DEFLATE)),
+        ws::connect_offering(target, source, &path, recv_buffer, offer),
     )
     .await
     {
@@ -348,10 +349,7 @@ async fn session(
             match frame {
                 Frame::Text(p) | Frame::Packed(p) => {
                     let wire = ws::wire_len(p.len());
-                    let p = match frame {
-                        Frame::Packed(p) => inflater.message(p),
-                        _ => p,
-                    };
+                    let p = inflater.text(&frame);
                     let (Some(seq), Some(t)) = (
                         ws::number_after(p, br#""s":"#),
                         ws::number_after(p, br#""t":"#),

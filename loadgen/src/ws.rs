@@ -266,6 +266,15 @@ impl Default for Inflater {
 const MAX_INFLATED: usize = 1 << 20;
 
 impl Inflater {
+    /// The text of a text frame: its payload, inflated if it came compressed.
+    pub fn text<'a>(&'a mut self, frame: &Frame<'a>) -> &'a [u8] {
+        match frame {
+            Frame::Packed(p) => self.message(p),
+            Frame::Text(p) => p,
+            _ => &[],
+        }
+    }
+
     /// What the message `payload` inflates to (as far as it is valid deflate data).
     pub fn message(&mut self, payload: &[u8]) -> &[u8] {
         self.out.clear();
@@ -281,7 +290,8 @@ impl Inflater {
             let status =
                 self.d
                     .decompress_vec(&payload[at..], &mut self.out, flate2::FlushDecompress::Sync);
-            let done = self.d.total_in() as usize == payload.len() && self.out.len() < self.out.capacity();
+            let done =
+                self.d.total_in() as usize == payload.len() && self.out.len() < self.out.capacity();
             let stuck = self.d.total_in() as usize == at && self.out.len() == len;
             if !matches!(status, Ok(flate2::Status::Ok)) || done || stuck {
                 break;

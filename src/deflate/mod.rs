@@ -102,7 +102,8 @@ fn inflate_with(d: &mut Decompress, payload: &[u8], max: usize) -> Result<Vec<u8
             if status == Status::StreamEnd {
                 return Ok(out);
             }
-            let stalled = at == input.len() || (d.total_in() == in_before && out.len() == out_before);
+            let stalled =
+                at == input.len() || (d.total_in() == in_before && out.len() == out_before);
             if stalled && out.len() < out.capacity() {
                 break;
             }
@@ -147,7 +148,8 @@ impl<'m> Frames<'m> {
                 return f;
             }
         }
-        self.plain.get_or_insert_with(|| Rc::new(Frame::message(msg)))
+        self.plain
+            .get_or_insert_with(|| Rc::new(Frame::message(msg)))
     }
 
     /// Whether a compressed frame was made, and the wire bytes it saved over all its deliveries.
@@ -178,10 +180,7 @@ mod tests {
             let back = inflate(&packed, text.len()).unwrap();
             assert_eq!(back, text.as_bytes());
             // One byte short of the message: too big.
-            assert_eq!(
-                inflate(&packed, text.len() - 1),
-                Err(InflateError::TooBig)
-            );
+            assert_eq!(inflate(&packed, text.len() - 1), Err(InflateError::TooBig));
         }
     }
 
@@ -215,7 +214,8 @@ mod tests {
         // A client may end a message with a final block (BFINAL): "hi" in one fixed block.
         let mut c = Compress::new(Compression::default(), false);
         let mut out = Vec::with_capacity(64);
-        c.compress_vec(b"hi", &mut out, FlushCompress::Finish).unwrap();
+        c.compress_vec(b"hi", &mut out, FlushCompress::Finish)
+            .unwrap();
         assert_eq!(inflate(&out, 10).unwrap(), b"hi");
         assert_eq!(inflate(&[], 10).unwrap(), b"");
     }
