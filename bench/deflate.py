@@ -43,9 +43,10 @@ GOAL_BYTES = 0.5
 def one(args, mode, gateway, loadgen, out):
     """One run with deflate `mode` ("off" or "on"); loadgen's summary plus the gateway's counters."""
     env = {"GATEWAY_SESSION__DEFLATE": "false"} if mode == "off" else {}
+    os.makedirs(os.path.join(out, mode), exist_ok=True)
     gw = gwtools.Gateway(gateway, ["--shards", "1", "--jwt-secret", SECRET, "--api-key", API_KEY,
                                    "--max-connections-per-user", "100000"],
-                         log_path=os.path.join(out, f"gateway-{mode}.log"), env=env).start()
+                         log_path=os.path.join(out, mode, "gateway.log"), env=env).start()
     try:
         # Every thread of the gateway on CPU 0, loadgen on CPU 1.
         subprocess.run(["taskset", "-a", "-cp", "0", str(gw.pid)], check=True,

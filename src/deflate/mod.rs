@@ -88,7 +88,7 @@ fn inflate_with(d: &mut Decompress, payload: &[u8], max: usize) -> Result<Vec<u8
                     return Err(InflateError::TooBig);
                 }
                 // Grows geometrically, to one byte past the limit at most (to see it passed).
-                out.reserve(out.len().min(max + 1 - out.len()).max(1));
+                out.reserve_exact(out.len().min(max + 1 - out.len()).max(1));
             }
             let (in_before, out_before) = (d.total_in(), out.len());
             let status = d
@@ -155,7 +155,15 @@ impl<'m> Frames<'m> {
     /// Whether a compressed frame was made, and the wire bytes it saved over all its deliveries.
     pub fn saved(&self) -> Option<u64> {
         let packed = self.packed.as_ref()?.as_ref()?;
-        let plain_len = self.msg.text.len() + 4;
+        let len = self.msg.text.len();
+        let plain_len = len
+            + if len < 126 {
+                2
+            } else if len < 65536 {
+                4
+            } else {
+                10
+            };
         let per = plain_len.saturating_sub(packed.len()) as u64;
         Some(per * self.packed_sent)
     }
