@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 
-const FIN: u8 = 0x80;
 const RSV1: u8 = 0x40;
 const OPCODE: u8 = 0x0f;
 const TEXT: u8 = 0x1;
@@ -29,8 +28,6 @@ pub struct Inbound {
     head_len: usize,
     /// Payload bytes of the current frame not seen yet.
     payload_left: u64,
-    /// A data message's last frame is still to come.
-    open: bool,
     /// The data messages whose first frame was seen, oldest first, until tungstenite returns
     /// them. After a read is parsed at most the one unfinished message is left; within a read,
     /// at most one per two bytes of it.
@@ -71,28 +68,19 @@ impl Inbound {
     }
 
     fn first_byte(&mut self, b: &mut u8) {
-        let fin = *b & FIN != 0;
-        match *b & OPCODE {
-            // A continuation: RSV1 is left for tungstenite to refuse (only a message's first
-            // frame may carry it, section 6.1).
-            0 => {
-                if fin {
-                    self.open = false;
-                }
-            }
-            op @ (TEXT | BINARY) => {
-                let compressed = *b & RSV1 != 0;
-                self.pending.push_back(Kind {
-                    compressed,
-                    text: op == TEXT,
-                });
-                if compressed {
-                    *b = (*b & !(RSV1 | OPCODE)) | BINARY;
-                }
-                self.open = !fin;
-            }
-            // Control and reserved frames pass unchanged: RSV1 on them is tungstenite's to refuse.
-            _ => {}
+        let op = *b & OPCODE;
+        // Continuation, control and reserved frames pass unchanged: RSV1 on them is tungstenite's
+        // to refuse (only a message's first frame may carry it, section 6.1).
+        if op != TEXT && op != BINARY {
+            return;
+        }
+        let compressed = *b & RSV1 != 0;
+        self.pending.push_back(Kind {
+            compressed,
+            text: op == TEXT,
+        });
+        if compressed {
+            *b = (*b & !(RSV1 | OPCODE)) | BINARY;
         }
     }
 }
@@ -164,7 +152,7 @@ mod tests {
             let kinds: Vec<Kind> = (0..3).map(|_| inb.next_message()).collect();
             let k = |compressed, text| Kind { compressed, text };
             assert_eq!(kinds, [k(true, true), k(false, true), k(true, false)]);
-            assert!(inb.pending.is_empty() && !inb.open && inb.head_len == 0);
+            assert!(inb.pending.is_empty() && inb.head_len == 0);
         }
     }
 
