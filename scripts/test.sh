@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (README): installs what the tests need (Tansu, the Autobahn|Testsuite,
-# Prometheus, cargo-deb), runs every test, then a short run of each fuzz target (scripts/fuzz.sh; FUZZ_SECONDS per
+# Python websockets, Prometheus, cargo-deb), runs every test, then a short run of each fuzz target (scripts/fuzz.sh; FUZZ_SECONDS per
 # target, 0 to skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
