@@ -5,7 +5,7 @@
 //! `scripts/install-autobahn.sh` installs `wstest` (the README's test command runs it). By default the
 //! cases 1 to 10 run, and of the permessage-deflate cases (12.x: five kinds of data, 13.x: seven
 //! offer/accept combinations) those with messages up to 8 KiB, one of them fragmented, in every
-//! combination (`deflate_cases`; all 216 take too long for the test command). `AUTOBAHN_CASES`
+//! combination (`deflate_cases`; all 216 take about 13 minutes, too long for the test command). `AUTOBAHN_CASES`
 //! (comma-separated, e.g. `*`) and `AUTOBAHN_REPORT_DIR` choose others and keep the HTML report
 //! (`scripts/autobahn.sh` runs the full suite).
 
