@@ -23,6 +23,8 @@ pub(crate) struct State {
     pub(crate) stalled: BTreeMap<String, u64>,
     /// Bytes of the message frames received.
     pub(crate) frame_bytes: u64,
+    /// Resumes of `--resume` connections.
+    pub(crate) resume: crate::resume::Counts,
 }
 
 /// A failed connect; a churning connection's failed reconnects are counted apart.

@@ -13,6 +13,8 @@ mod hold_conn;
 mod hold_worker;
 mod publish;
 mod report;
+mod resume;
+mod resume_frames;
 mod stalled;
 mod stats;
 mod worker;
@@ -129,6 +131,7 @@ fn run(args: Args) -> Result<()> {
             churn_fraction: args.churn,
             churn_lifetime_ms: (args.churn_lifetime * 1000.0) as u64,
             deflate: args.deflate,
+            resume: args.resume,
         };
         procs.push(common::spawn_worker("worker", index, &cfg, &tx)?);
     }
@@ -292,6 +295,7 @@ fn run(args: Args) -> Result<()> {
             "received": merged.churn_received,
         },
         "stalled": {"connections": args.stalled, "ended": merged.stalled},
+        "resume": resume::summary(&merged.resume, &merged.reconnect),
         "latency": {
             "connect": report::percentiles(&merged.connect),
             "delivery": report::percentiles(&merged.delivery),
@@ -327,6 +331,9 @@ fn run(args: Args) -> Result<()> {
                 "churn: {} of {} connections stable (checked for loss); {} reconnects, {} messages to churning connections",
                 stable, args.conns, merged.churn_cycles, merged.churn_received
             );
+        }
+        if args.resume {
+            println!("{}", resume::line(&merged.resume, &merged.reconnect));
         }
         if args.stalled > 0 {
             println!(

@@ -94,6 +94,9 @@ pub struct WorkerResult {
     /// Bytes of the message frames received (headers and payloads as on the wire).
     #[serde(default)]
     pub frame_bytes: u64,
+    /// Resumes of `--resume` connections.
+    #[serde(default)]
+    pub resume: crate::resume::ResumeResult,
 }
 
 /// Everything merged.
@@ -113,6 +116,9 @@ pub struct Merged {
     pub churn_received: u64,
     pub stalled: BTreeMap<String, u64>,
     pub frame_bytes: u64,
+    pub resume: crate::resume::ResumeResult,
+    /// Reconnect times of resumed connections (microseconds).
+    pub reconnect: Histogram<u64>,
 }
 
 pub fn merge(results: &[WorkerResult]) -> Result<Merged> {
@@ -131,6 +137,8 @@ pub fn merge(results: &[WorkerResult]) -> Result<Merged> {
         churn_received: 0,
         frame_bytes: 0,
         stalled: BTreeMap::new(),
+        resume: Default::default(),
+        reconnect: histogram(),
     };
     for r in results {
         m.connect
@@ -160,6 +168,7 @@ pub fn merge(results: &[WorkerResult]) -> Result<Merged> {
         for (k, v) in &r.stalled {
             *m.stalled.entry(k.clone()).or_default() += v;
         }
+        m.resume.merge(&r.resume, &mut m.reconnect)?;
     }
     Ok(m)
 }

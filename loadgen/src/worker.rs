@@ -57,6 +57,9 @@ pub struct WorkerCfg {
     /// Offer permessage-deflate.
     #[serde(default)]
     pub deflate: bool,
+    /// Stable connections reconnect and resubscribe with `since` when they lose their connection.
+    #[serde(default)]
+    pub resume: bool,
 }
 
 /// Whether connection `g` churns: a fixed, evenly spread choice, so the main process knows which
@@ -174,6 +177,7 @@ async fn run(cfg: WorkerCfg) -> Result<()> {
         churn_received: s.churn_received,
         stalled: std::mem::take(&mut s.stalled),
         frame_bytes: s.frame_bytes,
+        resume: s.resume.result()?,
     };
     emit(serde_json::json!({ "result": result }));
     Ok(())
@@ -216,6 +220,9 @@ async fn connection(
         return crate::stalled::stalled(cfg, target, g, state, stop).await;
     }
     let room = g % cfg.rooms;
+    if cfg.resume && !churns(g, cfg.churn_fraction) {
+        return crate::resume::connection(cfg, target, g, state, stop).await;
+    }
     if !churns(g, cfg.churn_fraction) {
         let mut track = SeqTrack::default();
         if session(
