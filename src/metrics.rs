@@ -110,6 +110,9 @@ pub struct ShardMetrics {
     pub mesh_messages: [Counter; 2],
     /// Bytes of history this shard holds (charged against `history.max_bytes`).
     pub history_bytes: Gauge,
+    /// permessage-deflate: messages compressed (once per shard and message), the wire bytes that
+    /// saved over their deliveries, and client messages inflated.
+    pub deflate: [Counter; 3],
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -284,6 +287,16 @@ impl Metrics {
             "Bytes of history the shard holds for since (bounded by history.max_bytes)",
             Gauge
         );
+        let deflate = [
+            ("deflate_compressed", "Messages compressed for permessage-deflate (once per shard and message)"),
+            ("deflate_saved_bytes", "Bytes on the wire saved by permessage-deflate (plain minus compressed, per delivery)"),
+            ("deflate_inflated", "Compressed client messages inflated"),
+        ]
+        .map(|(name, help)| {
+            let f = Family::<ShardLabel, Counter>::default();
+            registry.register(name, help, f.clone());
+            f
+        });
         let auth = Family::<AuthLabels, Counter>::default();
         registry.register(
             "auth_failures",
@@ -325,6 +338,7 @@ impl Metrics {
                             .clone()
                     }),
                     history_bytes: history_bytes.get_or_create(&l).clone(),
+                    deflate: deflate.each_ref().map(|f| f.get_or_create(&l).clone()),
                 }
             })
             .collect();

@@ -206,6 +206,10 @@ pub struct SessionConfig {
     /// happens (no welcome, no channels). Runs the real connection code for the Autobahn|Testsuite;
     /// never for production.
     pub echo: bool,
+    /// permessage-deflate (RFC 7692) for clients that offer it: messages compressed once per shard.
+    pub deflate: bool,
+    /// Messages shorter than this go uncompressed to every client.
+    pub deflate_min_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -288,6 +292,8 @@ impl Default for SessionConfig {
             read_buffer_bytes: 1024,
             refresh_notice_secs: 60,
             echo: false,
+            deflate: true,
+            deflate_min_bytes: 128,
         }
     }
 }

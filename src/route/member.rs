@@ -4,6 +4,7 @@
 use super::members::{Cursor, Joined, Member, State};
 use super::{Router, Subscribe};
 use crate::conn::{ConnHandle, CLOSE_LOST};
+use crate::deflate::Frames;
 use crate::mesh::Control;
 use crate::message::{Frame, Msg};
 use crate::protocol::{self, ErrorCode, Filter, Refusal};
@@ -187,20 +188,25 @@ impl Router {
         }
     }
 
-    /// Frames `msg` once and queues it on every live member its filter lets through.
+    /// Frames `msg` once (and compresses it once for members with permessage-deflate) and queues
+    /// it on every live member its filter lets through.
     pub fn deliver_local(&self, msg: &Arc<Msg>) {
         let members = self.members.borrow();
         let Some(ch) = members.get(&msg.channel) else {
             return;
         };
-        let mut frame: Option<Rc<Frame>> = None;
+        let mut frames = Frames::new(msg);
         let mut data = None;
         for m in ch.members.values() {
             if !m.state.takes(msg.stream, msg.seq) || !passes(m.filter.as_ref(), msg, &mut data) {
                 continue;
             }
-            let f = frame.get_or_insert_with(|| Rc::new(Frame::message(msg)));
-            m.conn.send(f);
+            m.conn.send(frames.get(m.conn.deflate()));
+        }
+        if let Some(saved) = frames.saved() {
+            let [compressed, saved_bytes, _] = &self.metrics.deflate;
+            compressed.inc();
+            saved_bytes.inc_by(saved);
         }
     }
 
