@@ -1,6 +1,7 @@
 //! The part of a connection that its shard's router sees: the bounded send queue and a way to wake
 //! or close the session task. Shard-local (`Rc`), never shared across threads.
 
+use crate::deflate::Agreed;
 use crate::message::Frame;
 use crate::metrics::ShardMetrics;
 use crate::outq::{OutQueue, Push};
@@ -39,6 +40,8 @@ pub struct ConnHandle {
     close: Cell<Option<CloseReason>>,
     /// A recovery waits for the queue to drain below half its bound before its next page.
     room_wanted: Cell<bool>,
+    /// permessage-deflate as negotiated at the upgrade (None: plain frames only).
+    deflate: Option<Agreed>,
     metrics: ShardMetrics,
 }
 
@@ -50,8 +53,20 @@ impl ConnHandle {
             waker: Cell::new(None),
             close: Cell::new(None),
             room_wanted: Cell::new(false),
+            deflate: None,
             metrics,
         }
+    }
+
+    /// The connection negotiated permessage-deflate.
+    pub fn with_deflate(mut self, deflate: Option<Agreed>) -> ConnHandle {
+        self.deflate = deflate;
+        self
+    }
+
+    /// What the connection agreed for permessage-deflate, if anything.
+    pub fn deflate(&self) -> Option<Agreed> {
+        self.deflate
     }
 
     /// Queues a frame for the socket. A full queue drops priority-4 frames, then closes with 1013.

@@ -34,6 +34,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub history: HistoryConfig,
     pub kafka: KafkaConfig,
+    pub presence: PresenceConfig,
     /// Origins a browser may upgrade from (`Origin` header; one `*` stands for any characters).
     /// Empty: any. Requests without an `Origin` (not from a browser) are not affected.
     pub allowed_origins: Vec<String>,
@@ -75,6 +76,9 @@ pub struct KafkaConfig {
     /// If > 0, missing topics are created with this many partitions when the gateway connects
     /// (for development; production topics are usually created by their owners).
     pub create_topics_partitions: i32,
+    /// Where nodes share presence (docs/ARCHITECTURE.md); used when `presence.channels` is set.
+    /// Best created compacted (`cleanup.policy=compact`).
+    pub presence_topic: String,
 }
 
 impl Default for KafkaConfig {
@@ -91,6 +95,7 @@ impl Default for KafkaConfig {
             recovery_max_records: 100_000,
             client_id: "gateway".into(),
             create_topics_partitions: 0,
+            presence_topic: "gateway.presence".into(),
         }
     }
 }
@@ -203,6 +208,10 @@ pub struct SessionConfig {
     /// happens (no welcome, no channels). Runs the real connection code for the Autobahn|Testsuite;
     /// never for production.
     pub echo: bool,
+    /// permessage-deflate (RFC 7692) for clients that offer it: messages compressed once per shard.
+    pub deflate: bool,
+    /// Messages shorter than this go uncompressed to every client.
+    pub deflate_min_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,6 +239,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             history: HistoryConfig::default(),
             kafka: KafkaConfig::default(),
+            presence: PresenceConfig::default(),
             allowed_origins: Vec::new(),
             test_hooks: false,
         }
@@ -284,6 +294,8 @@ impl Default for SessionConfig {
             read_buffer_bytes: 128,
             refresh_notice_secs: 60,
             echo: false,
+            deflate: true,
+            deflate_min_bytes: 128,
         }
     }
 }
@@ -338,7 +350,10 @@ impl Config {
     }
 }
 
+mod presence;
 mod validate;
+
+pub use presence::PresenceConfig;
 
 #[cfg(test)]
 mod tests;
