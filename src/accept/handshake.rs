@@ -112,5 +112,13 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     // The session is a task of its own: this one's state (the request, the admission futures,
     // about 2 KiB that the compiler does not overlap with the session's) is freed now rather
     // than held for the connection's life.
-    glommio::spawn_local(session::run(shard, stream, claims, up.leftover, deflate, slot)).detach();
+    glommio::spawn_local(session::run(
+        shard,
+        stream,
+        claims,
+        up.leftover,
+        deflate,
+        slot,
+    ))
+    .detach();
 }
