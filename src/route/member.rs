@@ -100,7 +100,7 @@ impl Router {
                     filter,
                     automatic: s.automatic,
                     state,
-                    presence,
+                    presence: presence.map(Box::new),
                     join_leave: s.join_leave && !s.automatic,
                 };
                 members.insert(key.clone(), member);

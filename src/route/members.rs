@@ -71,8 +71,9 @@ pub struct Member {
     /// without a `Join` (the user's slot, or every shard), and never unsubscribed by the client.
     pub automatic: bool,
     pub state: State,
-    /// The connection's user, when the channel has presence (its owner counts the user).
-    pub presence: Option<Arc<str>>,
+    /// The connection's user, when the channel has presence (its owner counts the user). Boxed:
+    /// a thin pointer keeps every member small, and most channels have no presence.
+    pub presence: Option<Box<Arc<str>>>,
     /// The member asked for `join` / `leave` frames.
     pub join_leave: bool,
 }
@@ -236,14 +237,15 @@ mod tests {
     #[test]
     fn a_member_stays_small() {
         // Every membership holds one, and each connection's own channel is a map of one
-        // (at least 4 buckets): the rare states are boxed so the common ones cost 3 words.
+        // (at least 4 buckets): the rare states and the presence user are boxed, so a state costs
+        // 3 words and a member 7.
         assert!(
             std::mem::size_of::<State>() <= 24,
             "{}",
             std::mem::size_of::<State>()
         );
         assert!(
-            std::mem::size_of::<Member>() <= 48,
+            std::mem::size_of::<Member>() <= 56,
             "{}",
             std::mem::size_of::<Member>()
         );
