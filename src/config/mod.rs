@@ -27,6 +27,10 @@ pub struct Config {
     pub shards: usize,
     /// Pin each shard to its own CPU.
     pub pin_cpus: bool,
+    /// io_uring submission queue depth per ring of each shard. The kernel sizes its cancel-lookup
+    /// hash table from it: every armed socket poll sits in that table, and glommio cancels and
+    /// re-arms a timer on every reactor pass, which walks one bucket.
+    pub ring_depth: usize,
     /// Time allowed for connections to close after SIGTERM/SIGINT.
     pub drain_timeout_ms: u64,
     pub auth: AuthConfig,
@@ -201,6 +205,9 @@ pub struct SessionConfig {
     /// happens (no welcome, no channels). Runs the real connection code for the Autobahn|Testsuite;
     /// never for production.
     pub echo: bool,
+    /// Write coalescing: message frames for a connection are held up to this long (ms) and
+    /// leave together in one vectored write; 0 = off (each wake writes at once).
+    pub write_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -222,6 +229,7 @@ impl Default for Config {
             admin_listen: "127.0.0.1:9090".parse().expect("static address"),
             shards: 0,
             pin_cpus: false,
+            ring_depth: 4096,
             drain_timeout_ms: 10_000,
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
@@ -282,6 +290,7 @@ impl Default for SessionConfig {
             read_buffer_bytes: 1024,
             refresh_notice_secs: 60,
             echo: false,
+            write_delay_ms: 0,
         }
     }
 }

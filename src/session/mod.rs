@@ -112,11 +112,14 @@ pub async fn run<S>(
     slot: S,
 ) {
     let cfg = &shard.node.config;
-    let conn = Rc::new(ConnHandle::new(
-        shard.next_conn_id(),
-        cfg.limits.queue_bytes,
-        shard.metrics.clone(),
-    ));
+    let conn = Rc::new(
+        ConnHandle::new(
+            shard.next_conn_id(),
+            cfg.limits.queue_bytes,
+            shard.metrics.clone(),
+        )
+        .with_coalescer(shard.coalescer.clone()),
+    );
     let ws_config = ws_config(cfg);
     let now = Instant::now();
     let heartbeat = cfg.heartbeat();
