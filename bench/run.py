@@ -183,7 +183,7 @@ def floor_row(rep):
     }
 
 
-def run_one(server, conns, room_size, per_conn_rate, duration, out, sources):
+def run_one(server, conns, room_size, per_conn_rate, duration, out, sources, extra=()):
     """One loadgen run against a fresh server; returns loadgen's summary plus RSS figures."""
     rooms = max(1, conns // room_size)
     rate = rooms * per_conn_rate
@@ -205,8 +205,21 @@ def run_one(server, conns, room_size, per_conn_rate, duration, out, sources):
         cmd = ["taskset", "-c", "1", LOADGEN, *server.loadgen_args(), "--conns", str(conns),
                "--rooms", str(rooms), "--rate", f"{rate:g}", "--duration", f"{duration:g}",
                "--ramp", "5000", "--warmup", "2", "--drain", "2", "--server-pid", str(pid),
-               "--publishers", "8", "--source-ips", ",".join(sources), "--json", "--out", run_dir]
-        before = server.counters() if hasattr(server, "counters") else None
+               "--publishers", "8", "--source-ips", ",".join(sources), *extra, "--json", "--out", run_dir]
+        before = {}
+        if hasattr(server, "counters"):
+            # Counted from when every client is connected and subscribed (welcomes and replies are
+            # writes too), to the end.
+            def mark():
+                end = time.time() + conns / 5000 + 60
+                while time.time() < end and not stop.is_set():
+                    _, text = gwtools.http(f"127.0.0.1:{ADMIN_PORT}", "/metrics")
+                    if (gwtools.counter_sum(text, "gateway_connections") or 0) >= conns:
+                        time.sleep(1.0)  # within loadgen's 2 s warm-up: subscriptions done, no publish yet
+                        before.update(server.counters())
+                        return
+                    time.sleep(0.1)
+            threading.Thread(target=mark, daemon=True).start()
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 300)
         after = server.counters() if before else None
         stop.set()
@@ -355,6 +368,8 @@ def main():
     ap.add_argument("--floor-frames-per-send", default="1",
                     help="floor variants: frames per send (1 = one send per frame; K = perfect coalescing)")
     ap.add_argument("--source-ips", type=int, default=8, help="loopback source addresses for the clients")
+    ap.add_argument("--random-rooms", action="store_true",
+                    help="loadgen publishes to rooms at random (Poisson-like arrivals per connection), not in turn")
     ap.add_argument("--ceiling-conns", type=int, default=5000)
     ap.add_argument("--no-ceiling", action="store_true")
     ap.add_argument("--no-build", action="store_true")
@@ -385,6 +400,7 @@ def main():
     def room_size(n):
         return n if args.room_size == "all" else int(args.room_size)
 
+    extra = ["--random-rooms"] if args.random_rooms else []
     rows, raw = [], []
     # Size by size, every server in turn, so the ratios compare runs minutes apart at most.
     for n in sizes:
@@ -397,7 +413,7 @@ def main():
             print(json.dumps(rows[-1]), file=sys.stderr)
         for server in servers:
             print(f"{server.name}: {n} connections...", file=sys.stderr)
-            s = run_one(server, n, room_size(n), args.per_conn_rate, args.duration, args.out, sources)
+            s = run_one(server, n, room_size(n), args.per_conn_rate, args.duration, args.out, sources, extra)
             raw.append(s)
             rows.append({**row(s), "room_size": room_size(n)})
             print(json.dumps(rows[-1]), file=sys.stderr)
@@ -408,7 +424,7 @@ def main():
             def attempt(rate):
                 print(f"{server.name}: ceiling at {args.ceiling_conns} conns x {rate:g} msg/s...", file=sys.stderr)
                 s = run_one(server, args.ceiling_conns, room_size(args.ceiling_conns), rate,
-                            min(args.duration, 10), args.out, sources)
+                            min(args.duration, 10), args.out, sources, extra)
                 r = row(s)
                 r["per_conn_rate"] = rate
                 r["passes"] = passes(r, s)
