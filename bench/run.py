@@ -42,6 +42,7 @@ SECRET = "bench-secret"
 API_KEY = "bench-key"
 GW_PORT, ADMIN_PORT, NCHAN_PORT = 18080, 19090, 18181
 P99_LIMIT_MS = 50.0
+RAMP = 5000  # connections per second (--ramp)
 
 
 def sh(cmd, **kw):
@@ -72,16 +73,19 @@ def wait_port(port, timeout=10):
 
 
 class Gateway:
-    def __init__(self, write_delay_ms=0):
+    def __init__(self, write_delay_ms=0, ring_depth=None):
         self.write_delay_ms = write_delay_ms
-        self.name = "gateway" if write_delay_ms == 0 else f"gateway-delay{write_delay_ms}"
+        self.ring_depth = ring_depth
+        self.name = "gateway" + (f"-delay{write_delay_ms}" if write_delay_ms else "") \
+            + (f"-ring{ring_depth}" if ring_depth else "")
 
     def start(self, conns):
         self.proc = subprocess.Popen(
             ["taskset", "-c", "0", GATEWAY, "serve", "--listen", f"127.0.0.1:{GW_PORT}",
              "--admin-listen", f"127.0.0.1:{ADMIN_PORT}", "--shards", "1", "--jwt-secret", SECRET,
              "--api-key", API_KEY, "--max-connections-per-user", "100000",
-             "--write-delay-ms", str(self.write_delay_ms)],
+             "--write-delay-ms", str(self.write_delay_ms),
+             *(["--ring-depth", str(self.ring_depth)] if self.ring_depth else [])],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             env={**os.environ, "GATEWAY_LOG": "warn"})
         line = self.proc.stdout.readline()
@@ -204,7 +208,7 @@ def run_one(server, conns, room_size, per_conn_rate, duration, out, sources, ext
         run_dir = os.path.join(out, f"{server.name}-{conns}-{per_conn_rate:g}")
         cmd = ["taskset", "-c", "1", LOADGEN, *server.loadgen_args(), "--conns", str(conns),
                "--rooms", str(rooms), "--rate", f"{rate:g}", "--duration", f"{duration:g}",
-               "--ramp", "5000", "--warmup", "2", "--drain", "2", "--server-pid", str(pid),
+               "--ramp", str(RAMP), "--warmup", "2", "--drain", "2", "--server-pid", str(pid),
                "--publishers", "8", "--source-ips", ",".join(sources), *extra, "--json", "--out", run_dir]
         before = {}
         if hasattr(server, "counters"):
@@ -363,6 +367,8 @@ def main():
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--write-delay-ms", default="0",
                     help="gateway session.write_delay_ms values, each run as its own server (e.g. 0,20)")
+    ap.add_argument("--ring-depths", default="",
+                    help="extra gateway runs with these ring_depth values (e.g. 128, glommio's default)")
     ap.add_argument("--floor-frame-bytes", type=int, default=240,
                     help="the floor's frame size (the gateway's frame for loadgen's default payload)")
     ap.add_argument("--floor-frames-per-send", default="1",
@@ -372,9 +378,13 @@ def main():
                     help="loadgen publishes to rooms at random (Poisson-like arrivals per connection), not in turn")
     ap.add_argument("--ceiling-conns", type=int, default=5000)
     ap.add_argument("--no-ceiling", action="store_true")
+    ap.add_argument("--ramp", type=int, default=5000, help="loadgen's connect rate (lower it on a busy machine)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     args = ap.parse_args()
+    args.out = os.path.abspath(args.out)  # nginx -p needs an absolute path
+    global RAMP
+    RAMP = args.ramp
     if os.cpu_count() < 2:
         sys.exit("needs 2 CPUs: the server on one, loadgen on the other")
     if not args.no_build:
@@ -385,6 +395,7 @@ def main():
     for name in args.servers.split(","):
         if name == "gateway":
             servers += [Gateway(int(d)) for d in args.write_delay_ms.split(",")]
+            servers += [Gateway(0, int(r)) for r in args.ring_depths.split(",") if r]
         elif name == "nchan":
             Nchan.ensure_installed()
             servers.append(Nchan(args.out))

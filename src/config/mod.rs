@@ -229,7 +229,7 @@ impl Default for Config {
             admin_listen: "127.0.0.1:9090".parse().expect("static address"),
             shards: 0,
             pin_cpus: false,
-            ring_depth: 4096,
+            ring_depth: 2048,
             drain_timeout_ms: 10_000,
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
