@@ -209,7 +209,9 @@ def run_one(server, conns, room_size, per_conn_rate, duration, out, sources, ext
         cmd = ["taskset", "-c", "1", LOADGEN, *server.loadgen_args(), "--conns", str(conns),
                "--rooms", str(rooms), "--rate", f"{rate:g}", "--duration", f"{duration:g}",
                "--ramp", str(RAMP), "--warmup", "2", "--drain", "2", "--server-pid", str(pid),
-               "--publishers", "8", "--source-ips", ",".join(sources), *extra, "--json", "--out", run_dir]
+               # Each publisher connection idles publishers / rate seconds between requests; the
+               # gateway's admin listener closes keep-alive connections idle for 5 s.
+               "--publishers", str(max(1, min(8, int(2 * rate)))), "--source-ips", ",".join(sources), *extra, "--json", "--out", run_dir]
         before = {}
         if hasattr(server, "counters"):
             # Counted from when every client is connected and subscribed (welcomes and replies are
@@ -349,7 +351,7 @@ def conditions(args):
     """What the run was and what else the machine was doing (load average), for the record."""
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
-    return {"argv": sys.argv[1:], "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    return {"argv": sys.argv[1:], "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
             "loadavg_at_end": load, "cpus": os.cpu_count(), "kernel": os.uname().release,
             "server_cpu": 0, "client_cpu": 1}
 
