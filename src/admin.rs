@@ -189,10 +189,11 @@ fn stall(node: &Node, req: &Request<Incoming>) -> Resp {
     json_response(StatusCode::OK, &json!({"ok": true}))
 }
 
-/// 503 until every shard listens (`starting`) and while draining: a node whose Kafka is down still
-/// serves its clients, so it stays in the load balancer and says `degraded`.
+/// 503 until every shard listens and, with a reachable broker, every partition has its start
+/// offset (`starting`: a `since` could not be answered before), and while draining: a node whose
+/// Kafka is down still serves its clients, so it stays in the load balancer and says `degraded`.
 fn health(node: &Node) -> Resp {
-    if !node.is_ready() {
+    if !node.is_ready() || node.kafka.as_ref().is_some_and(|k| k.starting()) {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"status": "starting"}),

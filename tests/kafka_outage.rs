@@ -162,6 +162,10 @@ fn a_gateway_started_without_a_broker_serves_and_catches_up_when_it_appears() {
         m.subscribe("ch_0");
         m.subscribe("ch_1");
     }
+    // `starting` until the first connection attempt has failed (its retries last up to 3 s).
+    wait_until("health degraded without a broker", DELIVERY, || {
+        health(&gw).0 == 200
+    });
     let (code, h) = health(&gw);
     assert_eq!(code, 200, "{h}");
     assert_eq!(h["status"], "degraded", "{h}");

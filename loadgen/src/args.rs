@@ -98,6 +98,11 @@ pub struct Args {
     /// Mean lifetime in seconds of a churning connection (drawn from 0.5x to 1.5x).
     #[arg(long, default_value_t = 30.0)]
     pub churn_lifetime: f64,
+    /// Stable connections reconnect on a close or a failed read and subscribe again with `since` =
+    /// the last `pos` they saw (the gateway only; for clusters behind a load balancer). Lost and
+    /// duplicate counts then cover the resumed connections; the report adds reconnect times.
+    #[arg(long)]
+    pub resume: bool,
     /// Report the server's CPU time (utime+stime from /proc) per delivered message.
     #[arg(long)]
     pub server_pid: Option<u32>,

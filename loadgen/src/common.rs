@@ -117,6 +117,20 @@ pub fn spawn_worker(
     Ok(Worker { child, stdin })
 }
 
+/// One JSON report line on stdout, flushed at once (the parent reads them as they come).
+pub fn emit(v: Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+/// A worker's configuration: the first line of its stdin, as JSON.
+pub fn read_config<T: serde::de::DeserializeOwned>(what: &str) -> Result<T> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    serde_json::from_str(&line).with_context(|| what.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,18 +156,4 @@ mod tests {
         assert!(worker_count(too_many, Some(1)).is_err());
         assert!(worker_count(too_many, None).unwrap() >= 4);
     }
-}
-
-/// One JSON report line on stdout, flushed at once (the parent reads them as they come).
-pub fn emit(v: Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{v}");
-    let _ = out.flush();
-}
-
-/// A worker's configuration: the first line of its stdin, as JSON.
-pub fn read_config<T: serde::de::DeserializeOwned>(what: &str) -> Result<T> {
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    serde_json::from_str(&line).with_context(|| what.to_string())
 }

@@ -13,6 +13,8 @@ mod hold_conn;
 mod hold_worker;
 mod publish;
 mod report;
+mod resume;
+mod resume_frames;
 mod stalled;
 mod stats;
 mod worker;
@@ -128,6 +130,7 @@ fn run(args: Args) -> Result<()> {
             stalled_recv_buffer: (args.stalled_recv_buffer > 0).then_some(args.stalled_recv_buffer),
             churn_fraction: args.churn,
             churn_lifetime_ms: (args.churn_lifetime * 1000.0) as u64,
+            resume: args.resume,
         };
         procs.push(common::spawn_worker("worker", index, &cfg, &tx)?);
     }
@@ -291,6 +294,7 @@ fn run(args: Args) -> Result<()> {
             "received": merged.churn_received,
         },
         "stalled": {"connections": args.stalled, "ended": merged.stalled},
+        "resume": resume::summary(&merged.resume, &merged.reconnect),
         "latency": {
             "connect": report::percentiles(&merged.connect),
             "delivery": report::percentiles(&merged.delivery),
@@ -324,6 +328,9 @@ fn run(args: Args) -> Result<()> {
                 "churn: {} of {} connections stable (checked for loss); {} reconnects, {} messages to churning connections",
                 stable, args.conns, merged.churn_cycles, merged.churn_received
             );
+        }
+        if args.resume {
+            println!("{}", resume::line(&merged.resume, &merged.reconnect));
         }
         if args.stalled > 0 {
             println!(

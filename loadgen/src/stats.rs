@@ -91,6 +91,9 @@ pub struct WorkerResult {
     /// How each stalled (never-reading) connection ended, by cause.
     #[serde(default)]
     pub stalled: BTreeMap<String, u64>,
+    /// Resumes of `--resume` connections.
+    #[serde(default)]
+    pub resume: crate::resume::ResumeResult,
 }
 
 /// Everything merged.
@@ -109,6 +112,9 @@ pub struct Merged {
     pub churn_cycles: u64,
     pub churn_received: u64,
     pub stalled: BTreeMap<String, u64>,
+    pub resume: crate::resume::ResumeResult,
+    /// Reconnect times of resumed connections (microseconds).
+    pub reconnect: Histogram<u64>,
 }
 
 pub fn merge(results: &[WorkerResult]) -> Result<Merged> {
@@ -126,6 +132,8 @@ pub fn merge(results: &[WorkerResult]) -> Result<Merged> {
         churn_cycles: 0,
         churn_received: 0,
         stalled: BTreeMap::new(),
+        resume: Default::default(),
+        reconnect: histogram(),
     };
     for r in results {
         m.connect
@@ -154,6 +162,7 @@ pub fn merge(results: &[WorkerResult]) -> Result<Merged> {
         for (k, v) in &r.stalled {
             *m.stalled.entry(k.clone()).or_default() += v;
         }
+        m.resume.merge(&r.resume, &mut m.reconnect)?;
     }
     Ok(m)
 }

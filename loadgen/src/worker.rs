@@ -54,6 +54,9 @@ pub struct WorkerCfg {
     pub churn_fraction: f64,
     #[serde(default)]
     pub churn_lifetime_ms: u64,
+    /// Stable connections reconnect and resubscribe with `since` when they lose their connection.
+    #[serde(default)]
+    pub resume: bool,
 }
 
 /// Whether connection `g` churns: a fixed, evenly spread choice, so the main process knows which
@@ -170,6 +173,7 @@ async fn run(cfg: WorkerCfg) -> Result<()> {
         churn_cycles: s.churn_cycles,
         churn_received: s.churn_received,
         stalled: std::mem::take(&mut s.stalled),
+        resume: s.resume.result()?,
     };
     emit(serde_json::json!({ "result": result }));
     Ok(())
@@ -212,6 +216,9 @@ async fn connection(
         return crate::stalled::stalled(cfg, target, g, state, stop).await;
     }
     let room = g % cfg.rooms;
+    if cfg.resume && !churns(g, cfg.churn_fraction) {
+        return crate::resume::connection(cfg, target, g, state, stop).await;
+    }
     if !churns(g, cfg.churn_fraction) {
         let mut track = SeqTrack::default();
         if session(

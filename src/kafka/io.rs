@@ -224,6 +224,8 @@ async fn discover(ctx: Rc<Ctx>, client: Arc<Client>, producer: Arc<Producer>) {
                     for p in &t.partitions {
                         let mine = (*p as usize) % ctx.shards == ctx.shard;
                         if mine && running.insert(stream_id(ti, *p)) {
+                            // Registered now, so `/health` waits for its start offset.
+                            ctx.stats.partition(name, *p);
                             tracing::info!(shard = ctx.shard, topic = %name, partition = p, "consuming");
                             let (ctx, client, producer) =
                                 (ctx.clone(), client.clone(), producer.clone());
@@ -231,6 +233,7 @@ async fn discover(ctx: Rc<Ctx>, client: Arc<Client>, producer: Arc<Producer>) {
                         }
                     }
                 }
+                ctx.stats.discovered(ctx.shard);
             }
             Err(e) => {
                 ctx.stats
@@ -287,6 +290,7 @@ async fn consume(ctx: Rc<Ctx>, client: Arc<Client>, producer: Arc<Producer>, ti:
     })
     .await;
     let mut next = start;
+    stats.positioned.store(true, Ordering::Release);
     let first = Batch {
         stream,
         topic: topic.clone(),

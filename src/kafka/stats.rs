@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub struct PartitionStats {
+    /// The partition's start offset is known, so `since` can be answered for its channels.
+    pub positioned: AtomicBool,
     pub position: Gauge,
     pub high_watermark: Gauge,
     pub lag: Gauge,
@@ -26,6 +28,10 @@ impl PartitionStats {
 
 pub struct ShardKafka {
     up: AtomicBool,
+    /// The shard's Kafka thread has listed the topics once, so its partitions are all known.
+    discovered: AtomicBool,
+    /// The first connection attempt has ended, one way or the other.
+    tried: AtomicBool,
     up_gauge: Gauge,
     last_error: Mutex<String>,
 }
@@ -51,6 +57,8 @@ impl KafkaStats {
             shards: (0..shards)
                 .map(|s| ShardKafka {
                     up: AtomicBool::new(false),
+                    discovered: AtomicBool::new(false),
+                    tried: AtomicBool::new(false),
                     up_gauge: metrics
                         .up
                         .get_or_create(&ShardLabel { shard: s as u32 })
@@ -73,6 +81,7 @@ impl KafkaStats {
                     partition,
                 };
                 Arc::new(PartitionStats {
+                    positioned: AtomicBool::new(false),
                     position: self.metrics.position.get_or_create(&l).clone(),
                     high_watermark: self.metrics.high_watermark.get_or_create(&l).clone(),
                     lag: self.metrics.lag.get_or_create(&l).clone(),
@@ -98,10 +107,40 @@ impl KafkaStats {
             return;
         };
         s.up.store(up, Ordering::Relaxed);
+        s.tried.store(true, Ordering::Relaxed);
         s.up_gauge.set(i64::from(up));
         if let Some(e) = error {
             *s.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
         }
+    }
+
+    /// A shard's Kafka thread has listed the topics (and registered its partitions) once.
+    pub fn discovered(&self, shard: usize) {
+        if let Some(s) = self.shards.get(shard) {
+            s.discovered.store(true, Ordering::Release);
+        }
+    }
+
+    /// Every shard knows its partitions and every partition its start offset: until then a
+    /// `since` may be answered `internal` ("not being consumed yet"), so `/health` says `starting`.
+    pub fn positioned(&self) -> bool {
+        if !self
+            .shards
+            .iter()
+            .all(|s| s.discovered.load(Ordering::Acquire))
+        {
+            return false;
+        }
+        let parts = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        parts.values().all(|p| p.positioned.load(Ordering::Acquire))
+    }
+
+    /// Still starting as far as Kafka goes: the broker answers (or has not been tried yet) but
+    /// not every partition has a start offset. A broker that cannot be reached does not hold the
+    /// node back: it serves its clients and says `degraded`.
+    pub fn starting(&self) -> bool {
+        let untried = self.shards.iter().any(|s| !s.tried.load(Ordering::Relaxed));
+        (untried || self.all_up()) && !self.positioned()
     }
 
     pub fn all_up(&self) -> bool {

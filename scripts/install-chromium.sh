@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs Debian's `chromium` (the JavaScript client's browser test drives it headless through
+# playwright-core; `npx playwright install` is not used) unless it is already there.
+set -euo pipefail
+if [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+  exit 0
+fi
+echo "installing chromium (headless browser for the JavaScript client's tests)..." >&2
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+$SUDO apt-get update -qq >&2
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >&2
