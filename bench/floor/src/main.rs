@@ -210,7 +210,7 @@ fn run(args: Args) -> Result<()> {
         }
         let room = (i as usize) % rooms;
         per_room[room] += 1;
-        if per_room[room] % args.frames_per_send != 0 {
+        if !per_room[room].is_multiple_of(args.frames_per_send) {
             continue;
         }
         for &fd in &members[room] {
