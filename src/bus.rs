@@ -2,6 +2,7 @@
 //! a shard. Each shard has one bounded control queue; a publish goes straight to the channel's owner.
 
 use crate::message::Publish;
+use crate::presence::Update;
 use crate::protocol::{ErrorCode, Refusal};
 use crate::topology::owner_of;
 use futures_channel::oneshot;
@@ -17,6 +18,8 @@ pub enum Control {
     Stats(oneshot::Sender<Value>),
     /// Stop accepting and close every connection with 1001.
     Drain,
+    /// Presence of other nodes, from the presence topic's reader.
+    Presence(Update),
     /// Test hook (`test_hooks`): block the shard's thread this long.
     Stall(std::time::Duration),
 }
@@ -60,6 +63,23 @@ impl Bus {
             });
         }
         out
+    }
+
+    /// Hands a presence update to the channel's owner (to every shard for the node-wide ones);
+    /// waits while a shard's queue is full. False once the shards are gone.
+    pub async fn presence(&self, u: Update) -> bool {
+        let to = match &u {
+            Update::Set { channel, .. } => owner_of(channel, self.shards.len()),
+            Update::Gone { .. } | Update::Rewrite => {
+                for s in &self.shards {
+                    if s.send(Control::Presence(u.clone())).await.is_err() {
+                        return false;
+                    }
+                }
+                return true;
+            }
+        };
+        self.shards[to].send(Control::Presence(u)).await.is_ok()
     }
 
     /// Test hook: makes `shard` block its thread for `d` (false if there is no such shard).

@@ -2,6 +2,7 @@
 //! or close the session task. Shard-local (`Rc`), never shared across threads.
 
 use crate::coalesce::Coalescer;
+use crate::deflate::Agreed;
 use crate::message::Frame;
 use crate::metrics::ShardMetrics;
 use crate::outq::{OutQueue, Push};
@@ -40,6 +41,8 @@ pub struct ConnHandle {
     close: Cell<Option<CloseReason>>,
     /// A recovery waits for the queue to drain below half its bound before its next page.
     room_wanted: Cell<bool>,
+    /// permessage-deflate as negotiated at the upgrade (None: plain frames only).
+    deflate: Option<Agreed>,
     metrics: ShardMetrics,
     /// With write coalescing on: the shard's timer that wakes this connection for message frames.
     coalesce: Option<Rc<Coalescer>>,
@@ -55,6 +58,7 @@ impl ConnHandle {
             waker: Cell::new(None),
             close: Cell::new(None),
             room_wanted: Cell::new(false),
+            deflate: None,
             metrics,
             coalesce: None,
             listed: Rc::default(),
@@ -65,6 +69,17 @@ impl ConnHandle {
     pub fn with_coalescer(mut self, coalesce: Option<Rc<Coalescer>>) -> ConnHandle {
         self.coalesce = coalesce;
         self
+    }
+
+    /// The connection negotiated permessage-deflate.
+    pub fn with_deflate(mut self, deflate: Option<Agreed>) -> ConnHandle {
+        self.deflate = deflate;
+        self
+    }
+
+    /// What the connection agreed for permessage-deflate, if anything.
+    pub fn deflate(&self) -> Option<Agreed> {
+        self.deflate
     }
 
     /// Queues a frame for the socket. A full queue drops priority-4 frames, then closes with 1013.

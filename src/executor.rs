@@ -6,7 +6,7 @@ use crate::bus::Control;
 use crate::conn::CLOSE_SHUTDOWN;
 use crate::mesh::{MeshEnds, Peers};
 use crate::node::Node;
-use crate::route::{Bounds, Router, RouterConfig};
+use crate::route::{Bounds, PresenceSettings, Router, RouterConfig};
 use crate::shard::Shard;
 use anyhow::{Context, Result};
 use glommio::timer::{sleep, Timer};
@@ -48,6 +48,12 @@ pub async fn run(
             queue_bytes: cfg.limits.queue_bytes,
             recovery_max_records: cfg.kafka.recovery_max_records,
             recovery_timeout: Duration::from_millis(cfg.limits.recovery_timeout_ms),
+            presence: PresenceSettings {
+                max_listed: cfg.presence.max_listed,
+                max_channels: cfg.presence.max_channels,
+                max_members: cfg.presence.max_members,
+                sink: node.presence_sink.clone(),
+            },
         },
         peers.clone(),
         metrics.clone(),
@@ -101,6 +107,18 @@ pub async fn run(
         })
         .detach()
     };
+    // Joins and leaves go out, batched, once per `presence.batch_ms`.
+    let presence_ticker = cfg.presence.enabled().then(|| {
+        let shard = shard.clone();
+        let period = Duration::from_millis(cfg.presence.batch_ms);
+        glommio::spawn_local(async move {
+            loop {
+                Timer::new(period).await;
+                shard.router.presence_tick();
+            }
+        })
+        .detach()
+    });
     node.shard_listening();
     let _ = ready.send(Ok(id));
 
@@ -114,6 +132,7 @@ pub async fn run(
                 let msg = shard.router.sequence(p);
                 let _ = tx.send(Ok(msg.pos.to_string()));
             }
+            Control::Presence(u) => shard.router.on_presence_update(u),
             Control::Stats(tx) => {
                 let _ = tx.send(shard.stats());
             }
@@ -140,6 +159,9 @@ pub async fn run(
         sleep(Duration::from_millis(20)).await;
     }
     ticker.cancel();
+    if let Some(t) = presence_ticker {
+        t.cancel();
+    }
     peers.close();
     tracing::info!(
         shard = id,

@@ -33,6 +33,11 @@ pub fn handshake_request(data: &[u8]) {
             assert!(len <= data.len());
             assert_eq!(up.leftover, &data[len..]);
             assert_eq!(up.key.len(), 24);
+            // Any offer is answered with a response header value, or declined.
+            if let Some((agreed, response)) = crate::deflate::negotiate(&up.extensions, 0) {
+                assert!((8..=15).contains(&agreed.window_bits));
+                assert!(response.is_ascii() && !response.contains(['\r', '\n']));
+            }
         }
         Ok(None) => {}
         Err(refusal) => {
@@ -63,6 +68,12 @@ pub fn client_frames(data: &[u8]) {
     loop {
         match ws.read(&mut io) {
             Ok(Message::Text(text)) => client_request(text.as_str()),
+            // As a compressed message: inflated within the limit, or refused.
+            Ok(Message::Binary(data)) => {
+                if let Ok(raw) = crate::deflate::inflate(&data, cfg.limits.max_frame_bytes) {
+                    assert!(raw.len() <= cfg.limits.max_frame_bytes);
+                }
+            }
             Ok(_) => {}
             Err(WsError::Io(_)) | Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
                 break

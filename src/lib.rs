@@ -9,7 +9,8 @@
 //!   shard's timer that holds message frames for `session.write_delay_ms`;
 //! - `route/`: membership, sequencing and history, recovery, fan-out (no I/O of its own);
 //! - `mesh`: messages between shards; sources: `bus` (admin to shard), `kafka/`, client publishes;
-//! - `admin`, `metrics`, `protocol`, `message`, `topology`, `config`; `fuzz` for the fuzz targets.
+//! - `admin`, `metrics`, `protocol`, `message`, `deflate`, `topology`, `config`; `presence` (the
+//!   presence topic's records, other nodes' members); `fuzz` for the fuzz targets.
 
 pub mod accept;
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod coalesce;
 pub mod config;
 pub mod config_commands;
 pub mod conn;
+pub mod deflate;
 pub mod executor;
 pub mod fuzz;
 pub mod kafka;
@@ -28,6 +30,7 @@ pub mod metrics;
 pub mod node;
 pub mod notify;
 pub mod outq;
+pub mod presence;
 pub mod protocol;
 pub mod route;
 pub mod server;

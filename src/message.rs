@@ -144,6 +144,21 @@ impl Frame {
         }
     }
 
+    /// A live channel message compressed for permessage-deflate (`packed`, RSV1 set).
+    pub fn message_deflated(msg: &Msg, packed: &[u8]) -> Frame {
+        Frame {
+            message: true,
+            origin_ms: msg.origin_ms,
+            ..Frame::encode_with(Data::Text, packed, true, msg.priority, Some(msg.born))
+        }
+    }
+
+    /// A text or binary message a client sent, echoed compressed (conformance echo mode).
+    pub fn deflated(text: bool, packed: &[u8]) -> Frame {
+        let data = if text { Data::Text } else { Data::Binary };
+        Frame::encode_with(data, packed, true, 1, None)
+    }
+
     /// A reply or other per-connection text frame; never dropped for priority.
     pub fn text(text: &str) -> Frame {
         Frame::encode(text, 1, None)
@@ -159,8 +174,20 @@ impl Frame {
     }
 
     fn encode_data(data: Data, payload: &[u8], priority: u8, born: Option<Instant>) -> Frame {
+        Frame::encode_with(data, payload, false, priority, born)
+    }
+
+    /// A whole message in one frame; `rsv1` marks a compressed payload (RFC 7692).
+    fn encode_with(
+        data: Data,
+        payload: &[u8],
+        rsv1: bool,
+        priority: u8,
+        born: Option<Instant>,
+    ) -> Frame {
         let header = FrameHeader {
             opcode: OpCode::Data(data),
+            rsv1,
             ..FrameHeader::default()
         };
         let len = payload.len() as u64;

@@ -112,6 +112,9 @@ pub struct ShardMetrics {
     pub mesh_messages: [Counter; 2],
     /// Bytes of history this shard holds (charged against `history.max_bytes`).
     pub history_bytes: Gauge,
+    /// permessage-deflate: messages compressed (once per shard and message), the wire bytes that
+    /// saved over their deliveries, and client messages inflated.
+    pub deflate: [Counter; 3],
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -147,6 +150,9 @@ pub struct Metrics {
     pub jwks_keys: Gauge,
     /// 1 while the node drains (after SIGTERM/SIGINT), else 0.
     pub draining: Gauge,
+    /// Records and bytes (keys and values) this node wrote to the presence topic, and count
+    /// records whose write failed (retried).
+    pub presence_written: [Counter; 3],
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -288,6 +294,16 @@ impl Metrics {
             "Bytes of history the shard holds for since (bounded by history.max_bytes)",
             Gauge
         );
+        let deflate = [
+            ("deflate_compressed", "Messages compressed for permessage-deflate (once per shard and message)"),
+            ("deflate_saved_bytes", "Bytes on the wire saved by permessage-deflate (plain minus compressed, per delivery)"),
+            ("deflate_inflated", "Compressed client messages inflated"),
+        ]
+        .map(|(name, help)| {
+            let f = Family::<ShardLabel, Counter>::default();
+            registry.register(name, help, f.clone());
+            f
+        });
         let auth = Family::<AuthLabels, Counter>::default();
         registry.register(
             "auth_failures",
@@ -330,6 +346,7 @@ impl Metrics {
                             .clone()
                     }),
                     history_bytes: history_bytes.get_or_create(&l).clone(),
+                    deflate: deflate.each_ref().map(|f| f.get_or_create(&l).clone()),
                 }
             })
             .collect();
@@ -347,11 +364,28 @@ impl Metrics {
             "1 while the gateway drains its connections after SIGTERM/SIGINT",
             draining.clone(),
         );
+        let presence_written = [Counter::default(), Counter::default(), Counter::default()];
+        registry.register(
+            "presence_records_written",
+            "Records this node wrote to the presence topic (counts and liveness)",
+            presence_written[0].clone(),
+        );
+        registry.register(
+            "presence_bytes_written",
+            "Key and value bytes this node wrote to the presence topic",
+            presence_written[1].clone(),
+        );
+        registry.register(
+            "presence_write_failures",
+            "Count records whose write to the presence topic failed (they are retried)",
+            presence_written[2].clone(),
+        );
         Metrics {
             registry,
             shards,
             kafka,
             draining,
+            presence_written,
             jwks_refreshes: ["ok", "error"]
                 .map(|result| refreshes.get_or_create(&ResultLabel { result }).clone()),
             jwks_keys,

@@ -25,6 +25,10 @@ pub struct Node {
     pub kafka: Option<Arc<crate::kafka::stats::KafkaStats>>,
     /// The admin thread's producer for `POST /api/publish`, once connected.
     pub admin_producer: std::sync::OnceLock<Arc<crate::kafka::client::Producer>>,
+    /// This process's id in the presence topic.
+    pub presence_node: Arc<str>,
+    /// Where owner shards write presence to the presence topic (with Kafka and presence on).
+    pub presence_sink: Option<crate::kafka::presence::Sink>,
     pub(crate) connections: AtomicUsize,
     pub(crate) draining: AtomicBool,
     /// Shards whose listener is bound; `/health` says `starting` until all are.

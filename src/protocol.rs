@@ -20,6 +20,8 @@ pub struct Request {
     pub priority: Option<Value>,
     /// A new token (`refresh`).
     pub token: Option<String>,
+    /// `subscribe`: receive `join` / `leave` frames of a channel with presence.
+    pub join_leave: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +165,41 @@ pub fn refresh_due(exp: u64) -> String {
 /// A subscription ended by the gateway (a refreshed token no longer allows it).
 pub fn unsubscribed(channel: &str, reason: &str) -> String {
     json!({"type": "unsubscribed", "channel": channel, "reason": reason}).to_string()
+}
+
+/// The answer to `presence` (with `members`) or `presence_stats` (without).
+pub fn presence_reply(
+    id: &Value,
+    channel: &str,
+    users: usize,
+    conns: u64,
+    members: Option<&[(std::sync::Arc<str>, u32)]>,
+    truncated: bool,
+) -> String {
+    let mut m = Map::new();
+    m.insert("type".into(), "reply".into());
+    m.insert("id".into(), id.clone());
+    m.insert("ok".into(), true.into());
+    m.insert("channel".into(), channel.into());
+    m.insert("users".into(), users.into());
+    m.insert("conns".into(), conns.into());
+    if let Some(list) = members {
+        let obj: Map<String, Value> = list
+            .iter()
+            .map(|(u, n)| (u.to_string(), Value::from(*n)))
+            .collect();
+        m.insert("members".into(), Value::Object(obj));
+        if truncated {
+            m.insert("truncated".into(), true.into());
+        }
+    }
+    Value::Object(m).to_string()
+}
+
+/// A batch of users joining (`kind` = "join") or leaving ("leave") a channel.
+pub fn presence_event(kind: &str, channel: &str, users: &[std::sync::Arc<str>]) -> String {
+    let users: Vec<&str> = users.iter().map(|u| &**u).collect();
+    json!({"type": kind, "channel": channel, "users": users}).to_string()
 }
 
 pub fn pong(id: &Value) -> String {

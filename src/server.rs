@@ -91,14 +91,24 @@ pub fn start(config: Config) -> Result<Running> {
         .kafka
         .enabled()
         .then(|| Arc::new(crate::kafka::stats::KafkaStats::new(shards, &metrics.kafka)));
+    let epoch = epoch_now();
+    let presence_node: Arc<str> = Arc::from(format!(
+        "{}-{epoch:x}-{:x}",
+        config.presence.node_name,
+        std::process::id()
+    ));
+    let presence_io =
+        (config.presence.enabled() && config.kafka.enabled()).then(crate::kafka::presence::sink);
     let node = Arc::new(Node {
         metrics,
         kafka,
+        presence_node: presence_node.clone(),
+        presence_sink: presence_io.as_ref().map(|(tx, _)| tx.clone()),
         admin_producer: std::sync::OnceLock::new(),
         verifier,
         bus,
         shards,
-        epoch: epoch_now(),
+        epoch,
         ws_addr,
         max_connections,
         started: Instant::now(),
@@ -108,6 +118,11 @@ pub fn start(config: Config) -> Result<Running> {
         config,
     });
     let admin_addr = admin::spawn(node.clone())?;
+    if let Some((_, rx)) = presence_io {
+        let written = node.metrics.presence_written.clone();
+        let bus = node.bus.clone();
+        crate::kafka::presence::spawn(&node.config, presence_node, bus, rx, written)?;
+    }
 
     let mut meshes = full_mesh(shards, MESH_CAPACITY).into_iter();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -78,6 +78,10 @@ pub struct Args {
     /// Padding bytes per message payload.
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,
+    /// Pad with JSON records (ids, symbols, prices, users; random values) instead of one repeated
+    /// character: payloads that compress like real pushes (for --deflate).
+    #[arg(long)]
+    pub payload_json: bool,
     /// Publisher connections.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
@@ -106,6 +110,10 @@ pub struct Args {
     /// Report the server's CPU time (utime+stime from /proc) per delivered message.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Offer permessage-deflate (RFC 7692); compressed messages are inflated to check their
+    /// sequence numbers (not with --resume).
+    #[arg(long, conflicts_with = "resume")]
+    pub deflate: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,

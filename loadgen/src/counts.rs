@@ -21,6 +21,8 @@ pub(crate) struct State {
     pub(crate) churn_cycles: u64,
     pub(crate) churn_received: u64,
     pub(crate) stalled: BTreeMap<String, u64>,
+    /// Bytes of the message frames received.
+    pub(crate) frame_bytes: u64,
     /// Resumes of `--resume` connections.
     pub(crate) resume: crate::resume::Counts,
 }

@@ -190,7 +190,7 @@ async fn hold(
                     }
                 }
                 Frame::Close(code) => break 'conn close_label(code),
-                Frame::Binary | Frame::Pong => {}
+                Frame::Binary | Frame::Packed(_) | Frame::Pong => {}
             }
         }
         let due = async {

@@ -130,6 +130,7 @@ fn run(args: Args) -> Result<()> {
             stalled_recv_buffer: (args.stalled_recv_buffer > 0).then_some(args.stalled_recv_buffer),
             churn_fraction: args.churn,
             churn_lifetime_ms: (args.churn_lifetime * 1000.0) as u64,
+            deflate: args.deflate,
             resume: args.resume,
         };
         procs.push(common::spawn_worker("worker", index, &cfg, &tx)?);
@@ -203,6 +204,7 @@ fn run(args: Args) -> Result<()> {
         random_rooms: args.random_rooms,
         room_prefix: args.room_prefix.clone(),
         payload_bytes: args.payload_bytes,
+        payload_json: args.payload_json,
         connections: args.publishers,
         addr: publish_addr,
         api_key: args.api_key.clone(),
@@ -304,6 +306,8 @@ fn run(args: Args) -> Result<()> {
         "client_cpu_us_per_delivery": client_cpu * 1e6 / all_received,
         "server_cpu_secs": server_cpu,
         "server_cpu_us_per_delivery": server_cpu.map(|c| c * 1e6 / all_received),
+        "deflate": args.deflate,
+        "frame_bytes_per_delivery": merged.frame_bytes as f64 / all_received,
         "workers": workers,
     });
     let rows = [

@@ -35,6 +35,8 @@ pub struct Plan {
     pub random_rooms: bool,
     pub room_prefix: String,
     pub payload_bytes: usize,
+    /// Padding as JSON records rather than one repeated character.
+    pub payload_json: bool,
     pub connections: usize,
     /// http/nchan: host:port; ws: the gateway's WebSocket address.
     pub addr: Option<SocketAddr>,
@@ -60,11 +62,39 @@ fn unix_ns(t: SystemTime) -> u64 {
         .unwrap_or_default()
 }
 
-fn payload(seq: u64, due_ns: u64, room: usize, pad: usize) -> String {
-    format!(
-        r#"{{"s":{seq},"t":{due_ns},"r":{room},"p":"{}"}}"#,
-        "x".repeat(pad)
-    )
+fn payload(seq: u64, due_ns: u64, room: usize, pad: usize, json: bool) -> String {
+    let p = match json {
+        true => records(pad),
+        false => format!(r#""{}""#, "x".repeat(pad)),
+    };
+    format!(r#"{{"s":{seq},"t":{due_ns},"r":{room},"p":{p}}}"#)
+}
+
+/// A JSON array of about `bytes` bytes of trade-like records with random values.
+fn records(bytes: usize) -> String {
+    use std::fmt::Write;
+    const SYMBOLS: [&str; 8] = [
+        "AAPL", "MSFT", "GOOG", "AMZN", "TSLA", "NVDA", "META", "NFLX",
+    ];
+    let mut out = String::with_capacity(bytes + 160);
+    out.push('[');
+    while out.len() < bytes {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            r#"{{"id":{},"symbol":"{}","side":"{}","price":{:.2},"qty":{},"trader":"user-{}"}}"#,
+            rand::random_range(1..1_000_000_000u64),
+            SYMBOLS[rand::random_range(0..SYMBOLS.len())],
+            if rand::random() { "buy" } else { "sell" },
+            rand::random_range(1.0..1000.0f64),
+            rand::random_range(1..500u32),
+            rand::random_range(1..100_000u32),
+        );
+    }
+    out.push(']');
+    out
 }
 
 enum Job {
@@ -109,7 +139,7 @@ pub async fn run(plan: &Plan, tick: impl Fn(u64)) -> Result<Sent> {
         let seq = sent.per_room.get(&room).copied().unwrap_or(0);
         let due = unix_ns(start_wall + offset);
         let name = format!("{}{room}", plan.room_prefix);
-        let data = payload(seq, due, room, plan.payload_bytes);
+        let data = payload(seq, due, room, plan.payload_bytes, plan.payload_json);
         let body = match plan.mode {
             Mode::Http => format!(r#"{{"channel":"{name}","event":"load","data":{data}}}"#),
             Mode::Ws => format!(

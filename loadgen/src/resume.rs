@@ -302,7 +302,8 @@ impl Conn {
                         close(state, &label);
                         break 'conn "";
                     }
-                    Frame::Binary | Frame::Pong => {}
+                    // Never compressed: --deflate and --resume exclude each other.
+                    Frame::Binary | Frame::Packed(_) | Frame::Pong => {}
                 }
             }
             let reply_wait = async {

@@ -91,6 +91,9 @@ pub struct WorkerResult {
     /// How each stalled (never-reading) connection ended, by cause.
     #[serde(default)]
     pub stalled: BTreeMap<String, u64>,
+    /// Bytes of the message frames received (headers and payloads as on the wire).
+    #[serde(default)]
+    pub frame_bytes: u64,
     /// Resumes of `--resume` connections.
     #[serde(default)]
     pub resume: crate::resume::ResumeResult,
@@ -112,6 +115,7 @@ pub struct Merged {
     pub churn_cycles: u64,
     pub churn_received: u64,
     pub stalled: BTreeMap<String, u64>,
+    pub frame_bytes: u64,
     pub resume: crate::resume::ResumeResult,
     /// Reconnect times of resumed connections (microseconds).
     pub reconnect: Histogram<u64>,
@@ -131,6 +135,7 @@ pub fn merge(results: &[WorkerResult]) -> Result<Merged> {
         worker_cpu_secs: 0.0,
         churn_cycles: 0,
         churn_received: 0,
+        frame_bytes: 0,
         stalled: BTreeMap::new(),
         resume: Default::default(),
         reconnect: histogram(),
@@ -159,6 +164,7 @@ pub fn merge(results: &[WorkerResult]) -> Result<Merged> {
         m.worker_cpu_secs += r.cpu_secs;
         m.churn_cycles += r.churn_cycles;
         m.churn_received += r.churn_received;
+        m.frame_bytes += r.frame_bytes;
         for (k, v) in &r.stalled {
             *m.stalled.entry(k.clone()).or_default() += v;
         }

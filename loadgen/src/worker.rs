@@ -54,6 +54,9 @@ pub struct WorkerCfg {
     pub churn_fraction: f64,
     #[serde(default)]
     pub churn_lifetime_ms: u64,
+    /// Offer permessage-deflate.
+    #[serde(default)]
+    pub deflate: bool,
     /// Stable connections reconnect and resubscribe with `since` when they lose their connection.
     #[serde(default)]
     pub resume: bool,
@@ -173,6 +176,7 @@ async fn run(cfg: WorkerCfg) -> Result<()> {
         churn_cycles: s.churn_cycles,
         churn_received: s.churn_received,
         stalled: std::mem::take(&mut s.stalled),
+        frame_bytes: s.frame_bytes,
         resume: s.resume.result()?,
     };
     emit(serde_json::json!({ "result": result }));
@@ -281,9 +285,10 @@ pub(crate) async fn open(
     let path = ws_path(cfg, g, room_name);
     let source = (!cfg.sources.is_empty()).then(|| cfg.sources[g % cfg.sources.len()]);
     let timeout = Duration::from_millis(cfg.connect_timeout_ms);
+    let offer = cfg.deflate.then_some(ws::DEFLATE);
     match tokio::time::timeout(
         timeout,
-        ws::connect_with(target, source, &path, recv_buffer),
+        ws::connect_offering(target, source, &path, recv_buffer, offer),
     )
     .await
     {
@@ -340,6 +345,7 @@ async fn session(
     }
     let end_of_life = lifetime.map(|l| tokio::time::Instant::now() + l);
     let mut reader = ws::Reader::new(rest, 4096);
+    let mut inflater = ws::Inflater::default();
     let why = 'conn: loop {
         loop {
             let frame = match reader.next() {
@@ -348,7 +354,9 @@ async fn session(
                 Err(_) => break 'conn "protocol_error".to_string(),
             };
             match frame {
-                Frame::Text(p) => {
+                Frame::Text(p) | Frame::Packed(p) => {
+                    let wire = ws::wire_len(p.len());
+                    let p = inflater.text(&frame);
                     let (Some(seq), Some(t)) = (
                         ws::number_after(p, br#""s":"#),
                         ws::number_after(p, br#""t":"#),
@@ -357,6 +365,7 @@ async fn session(
                     };
                     let now = now_ns();
                     let mut s = state.borrow_mut();
+                    s.frame_bytes += wire;
                     match track.as_deref_mut() {
                         Some(track) => track.on(seq),
                         None => s.churn_received += 1,

@@ -50,6 +50,20 @@ pub async fn connect_with(
     path: &str,
     recv_buffer: Option<u32>,
 ) -> Result<(TcpStream, Vec<u8>), ConnectError> {
+    connect_offering(target, source, path, recv_buffer, None).await
+}
+
+/// The permessage-deflate offer `--deflate` makes (what browsers send).
+pub const DEFLATE: &str = "permessage-deflate; client_max_window_bits";
+
+/// As `connect_with`, offering `extensions` (`Sec-WebSocket-Extensions`).
+pub async fn connect_offering(
+    target: &Target,
+    source: Option<IpAddr>,
+    path: &str,
+    recv_buffer: Option<u32>,
+    extensions: Option<&str>,
+) -> Result<(TcpStream, Vec<u8>), ConnectError> {
     let sock = if target.addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -73,8 +87,11 @@ pub async fn connect_with(
         })?;
     let _ = stream.set_nodelay(true);
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+    let offer = extensions
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n",
         target.host
     );
     stream
@@ -132,6 +149,8 @@ pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 pub enum Frame<'a> {
     Text(&'a [u8]),
+    /// A text message compressed with permessage-deflate (RSV1), as received.
+    Packed(&'a [u8]),
     Binary,
     Ping(&'a [u8]),
     Pong,
@@ -192,7 +211,7 @@ impl Reader {
                 126 | 127 => return Ok(None),
                 n => (n as usize, 2),
             };
-            (b[0] & 0x0f, len, head)
+            (b[0] & 0x4f, len, head)
         };
         if self.end - self.start < head + len {
             // Make room for the whole frame once the buffer is compacted.
@@ -206,6 +225,7 @@ impl Reader {
         let payload = &self.buf[from..from + len];
         Ok(Some(match opcode {
             0x1 | 0x0 => Frame::Text(payload),
+            0x41 => Frame::Packed(payload),
             0x2 => Frame::Binary,
             0x9 => Frame::Ping(payload),
             0xa => Frame::Pong,
@@ -214,6 +234,70 @@ impl Reader {
             ),
             _ => return Err(anyhow!("unknown opcode {opcode}")),
         }))
+    }
+}
+
+/// Bytes a server frame with a payload of `len` takes on the wire (unmasked header and payload).
+pub fn wire_len(len: usize) -> u64 {
+    let head = match len {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    };
+    (head + len) as u64
+}
+
+/// Inflates compressed messages (permessage-deflate, no context takeover) into one reused buffer.
+pub struct Inflater {
+    d: flate2::Decompress,
+    out: Vec<u8>,
+}
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Inflater {
+            d: flate2::Decompress::new(false),
+            out: Vec::with_capacity(4096),
+        }
+    }
+}
+
+/// Inflated messages are cut here (the gateway's messages are far smaller).
+const MAX_INFLATED: usize = 1 << 20;
+
+impl Inflater {
+    /// The text of a text frame: its payload, inflated if it came compressed.
+    pub fn text<'a>(&'a mut self, frame: &Frame<'a>) -> &'a [u8] {
+        match frame {
+            Frame::Packed(p) => self.message(p),
+            Frame::Text(p) => p,
+            _ => &[],
+        }
+    }
+
+    /// What the message `payload` inflates to (as far as it is valid deflate data).
+    pub fn message(&mut self, payload: &[u8]) -> &[u8] {
+        self.out.clear();
+        self.d.reset(false);
+        loop {
+            if self.out.capacity() - self.out.len() < 256 {
+                if self.out.capacity() >= MAX_INFLATED {
+                    break;
+                }
+                self.out.reserve(self.out.capacity().max(4096));
+            }
+            let (at, len) = (self.d.total_in() as usize, self.out.len());
+            let status =
+                self.d
+                    .decompress_vec(&payload[at..], &mut self.out, flate2::FlushDecompress::Sync);
+            let done =
+                self.d.total_in() as usize == payload.len() && self.out.len() < self.out.capacity();
+            let stuck = self.d.total_in() as usize == at && self.out.len() == len;
+            if !matches!(status, Ok(flate2::Status::Ok)) || done || stuck {
+                break;
+            }
+        }
+        &self.out
     }
 }
 
@@ -240,6 +324,30 @@ mod tests {
             Some(1_700_000_000_123_456_789)
         );
         assert_eq!(number_after(b"{}", br#""s":"#), None);
+    }
+
+    #[test]
+    fn inflates_compressed_messages() {
+        let text = format!(r#"{{"data":{{"p":"{}","s":5,"t":7}}}}"#, "ab".repeat(5000));
+        let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut packed = Vec::with_capacity(text.len());
+        c.compress_vec(text.as_bytes(), &mut packed, flate2::FlushCompress::Sync)
+            .unwrap();
+        packed.truncate(packed.len() - 4);
+        let mut frame = vec![0xc1, 126];
+        frame.extend_from_slice(&(packed.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&packed);
+        let mut r = Reader::new(frame, 16);
+        let Some(Frame::Packed(p)) = r.next().unwrap() else {
+            panic!("a compressed frame")
+        };
+        let mut inf = Inflater::default();
+        assert_eq!(inf.message(p), text.as_bytes());
+        assert_eq!(number_after(inf.message(p), br#""s":"#), Some(5));
+        assert_eq!(
+            [wire_len(125), wire_len(126), wire_len(70_000)],
+            [127, 130, 70_010]
+        );
     }
 
     #[test]

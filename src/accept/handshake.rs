@@ -1,8 +1,10 @@
 //! The HTTP upgrade of one accepted connection: read the request within the handshake timeout,
-//! admit it (limits, JWT, slots), and answer 101, or refuse with a status and a short reason.
+//! admit it (limits, JWT, slots), and answer 101 (with permessage-deflate if offered and on), or
+//! refuse with a status and a short reason.
 
 use super::admit::admit;
 use super::request::{parse, refuse, response, HttpRefusal, Upgrade};
+use crate::deflate::negotiate;
 use crate::session;
 use crate::shard::Shard;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
@@ -85,11 +87,21 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         }
     };
     let accept = tungstenite::handshake::derive_accept_key(up.key.as_bytes());
+    let session_cfg = &shard.node.config.session;
+    let deflate = match session_cfg.deflate {
+        true => negotiate(&up.extensions, session_cfg.deflate_min_bytes),
+        false => None,
+    };
+    let extension = match &deflate {
+        Some((_, response)) => format!("Sec-WebSocket-Extensions: {response}\r\n"),
+        None => String::new(),
+    };
     let resp = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extension}\r\n"
     );
     if stream.write_all(resp.as_bytes()).await.is_err() {
         return;
     }
-    session::run(shard, stream, claims, up.leftover, slot).await;
+    let deflate = deflate.map(|(agreed, _)| agreed);
+    session::run(shard, stream, claims, up.leftover, deflate, slot).await;
 }

@@ -37,6 +37,8 @@ pub struct Upgrade {
     pub token: String,
     /// The `Origin` header (sent by browsers).
     pub origin: Option<String>,
+    /// Every `Sec-WebSocket-Extensions` value, joined with commas (the offers, in order).
+    pub extensions: String,
     /// Bytes the client sent after the request (an eager first frame).
     pub leftover: Vec<u8>,
 }
@@ -100,10 +102,22 @@ pub fn parse(buf: &[u8], ws_path: &str) -> Result<Option<(Upgrade, usize)>, Http
             key: key.to_string(),
             token,
             origin: header("origin").map(str::to_string),
+            extensions: all_values(req.headers, "sec-websocket-extensions"),
             leftover: buf[len..].to_vec(),
         },
         len,
     )))
+}
+
+/// The values of every header called `name` (a list may be split over several), joined with
+/// commas; values that are not UTF-8 are left out.
+fn all_values(headers: &[httparse::Header<'_>], name: &str) -> String {
+    let values: Vec<&str> = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .collect();
+    values.join(", ")
 }
 
 /// The HTTP response for a refused upgrade.

@@ -38,6 +38,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub history: HistoryConfig,
     pub kafka: KafkaConfig,
+    pub presence: PresenceConfig,
     /// Origins a browser may upgrade from (`Origin` header; one `*` stands for any characters).
     /// Empty: any. Requests without an `Origin` (not from a browser) are not affected.
     pub allowed_origins: Vec<String>,
@@ -79,6 +80,9 @@ pub struct KafkaConfig {
     /// If > 0, missing topics are created with this many partitions when the gateway connects
     /// (for development; production topics are usually created by their owners).
     pub create_topics_partitions: i32,
+    /// Where nodes share presence (docs/ARCHITECTURE.md); used when `presence.channels` is set.
+    /// Best created compacted (`cleanup.policy=compact`).
+    pub presence_topic: String,
 }
 
 impl Default for KafkaConfig {
@@ -95,6 +99,7 @@ impl Default for KafkaConfig {
             recovery_max_records: 100_000,
             client_id: "gateway".into(),
             create_topics_partitions: 0,
+            presence_topic: "gateway.presence".into(),
         }
     }
 }
@@ -205,6 +210,10 @@ pub struct SessionConfig {
     /// happens (no welcome, no channels). Runs the real connection code for the Autobahn|Testsuite;
     /// never for production.
     pub echo: bool,
+    /// permessage-deflate (RFC 7692) for clients that offer it: messages compressed once per shard.
+    pub deflate: bool,
+    /// Messages shorter than this go uncompressed to every client.
+    pub deflate_min_bytes: usize,
     /// Write coalescing: message frames for a connection are held up to this long (ms) and
     /// leave together in one vectored write; 0 = off (each wake writes at once).
     pub write_delay_ms: u64,
@@ -236,6 +245,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             history: HistoryConfig::default(),
             kafka: KafkaConfig::default(),
+            presence: PresenceConfig::default(),
             allowed_origins: Vec::new(),
             test_hooks: false,
         }
@@ -290,6 +300,8 @@ impl Default for SessionConfig {
             read_buffer_bytes: 1024,
             refresh_notice_secs: 60,
             echo: false,
+            deflate: true,
+            deflate_min_bytes: 128,
             write_delay_ms: 0,
         }
     }
@@ -345,7 +357,10 @@ impl Config {
     }
 }
 
+mod presence;
 mod validate;
+
+pub use presence::PresenceConfig;
 
 #[cfg(test)]
 mod tests;

@@ -52,6 +52,7 @@ impl Config {
             }
             let bad = |t: &str| t.is_empty() || t.contains(':') || t.len() > 249;
             if k.consumed_topics().iter().any(|t| bad(t))
+                || bad(&k.presence_topic)
                 || k.dead_letter_topic.as_deref().is_some_and(bad)
             {
                 bail!("kafka topic names must be 1-249 characters without ':'");
@@ -60,6 +61,7 @@ impl Config {
                 bail!("kafka.fetch_max_bytes must be >= 1024 and kafka.fetch_max_wait_ms >= 0");
             }
         }
+        self.presence.validate()?;
         self.check_public_exposure()?;
         if self.auth.jwks_url.is_some() {
             if self.auth.jwt_public_key_file.is_some() {

@@ -11,6 +11,7 @@ pub mod client;
 pub mod decode;
 pub mod handoff;
 mod io;
+pub mod presence;
 mod read;
 pub mod stats;
 

@@ -153,6 +153,31 @@ pub enum Control {
         key: Arc<str>,
         from: usize,
     },
+    /// To the owner of a channel with presence: a connection of `user` on the sender subscribed
+    /// (`delta` 1) or left (-1).
+    PresenceDelta {
+        channel: Arc<str>,
+        user: Arc<str>,
+        delta: i32,
+    },
+    /// To the owner: a `presence` (`list`) or `presence_stats` request, answered with `Reply`.
+    PresenceAsk {
+        channel: Arc<str>,
+        from: usize,
+        conn: u64,
+        id: Value,
+        list: bool,
+    },
+    /// A finished reply frame for a connection of the receiver.
+    Reply {
+        conn: u64,
+        text: String,
+    },
+    /// From the owner to a shard with members: a batch's `join` / `leave` frames.
+    PresenceEvents {
+        channel: Arc<str>,
+        frames: Vec<Arc<str>>,
+    },
 }
 
 /// A message between shards: two words, so the mesh's preallocated slots stay small.

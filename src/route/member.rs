@@ -4,6 +4,7 @@
 use super::members::{Cursor, Joined, Member, State};
 use super::{Router, Subscribe};
 use crate::conn::{ConnHandle, CLOSE_LOST};
+use crate::deflate::Frames;
 use crate::mesh::Control;
 use crate::message::{Frame, Msg};
 use crate::protocol::{self, ErrorCode, Filter, Refusal};
@@ -48,6 +49,7 @@ impl Router {
         let mut canceled = None;
         let mut answer = None;
         let mut join = None;
+        let mut counted = None;
         let recovering = s.since.is_some();
         {
             let mut members = self.members.borrow_mut();
@@ -75,6 +77,7 @@ impl Router {
                 canceled = m.state.take_reply();
                 if !m.automatic {
                     m.filter = filter;
+                    m.join_leave = s.join_leave;
                 }
                 m.state = match (state, &m.state) {
                     // Still waiting for the owner: the new request waits too.
@@ -90,11 +93,15 @@ impl Router {
                     ch.joined = Joined::Asked(gen);
                     join = Some(gen);
                 }
+                let presence = s.presence.filter(|_| !s.automatic).map(Arc::from);
+                counted = presence.clone().map(|u| (key.clone(), u));
                 let member = Member {
                     conn: conn.clone(),
                     filter,
                     automatic: s.automatic,
                     state,
+                    presence,
+                    join_leave: s.join_leave && !s.automatic,
                 };
                 members.insert(key.clone(), member);
                 self.metrics.subscriptions.inc();
@@ -112,6 +119,9 @@ impl Router {
                     },
                 );
             }
+        }
+        if let Some((channel, user)) = counted {
+            self.presence_delta(&channel, &user, 1);
         }
         if let Some(id) = canceled {
             reply_canceled(conn, &id);
@@ -138,6 +148,9 @@ impl Router {
             .set(self.members.borrow().channels() as i64);
         if let Some(id) = m.state.take_reply() {
             reply_canceled(&m.conn, &id);
+        }
+        if let Some(user) = &m.presence {
+            self.presence_delta(&self.members.borrow().key(channel), user, -1);
         }
         if matches!(left, Some(Joined::Asked(_) | Joined::Yes(_))) {
             let from = self.shard;
@@ -175,20 +188,25 @@ impl Router {
         }
     }
 
-    /// Frames `msg` once and queues it on every live member its filter lets through.
+    /// Frames `msg` once (and compresses it once for members with permessage-deflate) and queues
+    /// it on every live member its filter lets through.
     pub fn deliver_local(&self, msg: &Arc<Msg>) {
         let members = self.members.borrow();
         let Some(ch) = members.get(&msg.channel) else {
             return;
         };
-        let mut frame: Option<Rc<Frame>> = None;
+        let mut frames = Frames::new(msg);
         let mut data = None;
         for m in ch.members.values() {
             if !m.state.takes(msg.stream, msg.seq) || !passes(m.filter.as_ref(), msg, &mut data) {
                 continue;
             }
-            let f = frame.get_or_insert_with(|| Rc::new(Frame::message(msg)));
-            m.conn.send(f);
+            m.conn.send(frames.get(m.conn.deflate()));
+        }
+        if let Some(saved) = frames.saved() {
+            let [compressed, saved_bytes, _] = &self.metrics.deflate;
+            compressed.inc();
+            saved_bytes.inc_by(saved);
         }
     }
 
@@ -207,8 +225,12 @@ impl Router {
         self.metrics
             .channels
             .set(self.members.borrow().channels() as i64);
+        let key: Arc<str> = Arc::from(channel);
         for m in ch.members.values() {
             m.conn.request_close(CLOSE_LOST);
+            if let Some(user) = &m.presence {
+                self.presence_delta(&key, user, -1);
+            }
         }
         if matches!(ch.joined, Joined::Asked(_) | Joined::Yes(_)) {
             let me = self.shard;

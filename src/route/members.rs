@@ -70,6 +70,10 @@ pub struct Member {
     /// without a `Join` (the user's slot, or every shard), and never unsubscribed by the client.
     pub automatic: bool,
     pub state: State,
+    /// The connection's user, when the channel has presence (its owner counts the user).
+    pub presence: Option<Arc<str>>,
+    /// The member asked for `join` / `leave` frames.
+    pub join_leave: bool,
 }
 
 /// How this shard's membership of a channel is known to its owner.
@@ -195,6 +199,8 @@ mod tests {
             filter: None,
             automatic,
             state: State::Live,
+            presence: None,
+            join_leave: false,
         }
     }
 

@@ -24,12 +24,16 @@ mod kafka;
 mod member;
 mod members;
 mod owner;
+mod presence;
+mod presence_ops;
 mod replay;
 mod slots;
 
 pub use history::{Bounds, History, Lookup};
 pub use interest::{Interest, Slots};
 pub use members::{Cursor, Joined, Member, Members, State};
+pub use presence::{Events, PresenceTable, Snapshot};
+pub use presence_ops::PresenceSettings;
 
 use crate::conn::ConnHandle;
 use crate::kafka::KafkaIo;
@@ -59,6 +63,7 @@ pub struct RouterConfig {
     pub recovery_max_records: usize,
     /// Time allowed for one recovery to finish.
     pub recovery_timeout: Duration,
+    pub presence: PresenceSettings,
 }
 
 /// A subscribe as the session asks for it.
@@ -70,6 +75,10 @@ pub struct Subscribe<'a> {
     pub reply: Option<Value>,
     /// The connection's own `user:<sub>` or `broadcast`.
     pub automatic: bool,
+    /// The connection's user, when the channel has presence.
+    pub presence: Option<&'a str>,
+    /// Send `join` / `leave` frames of the channel to this member.
+    pub join_leave: bool,
 }
 
 /// A connection's recoveries: at most one page request out at a time, the others in turn, so
@@ -116,6 +125,8 @@ pub struct Router {
     /// reached this shard yet. Everything before it that this shard owns has arrived.
     positions: RefCell<HashMap<Stream, i64>>,
     waits: RefCell<HashMap<u64, KafkaWait>>,
+    /// Presence of the channels this shard owns.
+    presence: RefCell<PresenceTable>,
 }
 
 impl Router {
@@ -143,6 +154,11 @@ impl Router {
             kafka,
             positions: RefCell::default(),
             waits: RefCell::default(),
+            presence: RefCell::new(PresenceTable::new(
+                cfg.presence.max_channels,
+                cfg.presence.max_members,
+                cfg.presence.sink.is_some(),
+            )),
             cfg,
         }
     }
@@ -256,6 +272,23 @@ impl Router {
             Control::SlotRelease { kind, key, from } => {
                 self.slots.borrow_mut().release(kind, key, from)
             }
+            Control::PresenceDelta {
+                channel,
+                user,
+                delta,
+            } => self.presence.borrow_mut().local(&channel, &user, delta),
+            Control::PresenceAsk {
+                channel,
+                from,
+                conn,
+                id,
+                list,
+            } => {
+                let text = self.presence_answer(&channel, &id, list);
+                self.peers.control(from, Control::Reply { conn, text });
+            }
+            Control::Reply { conn, text } => self.reply(conn, &text),
+            Control::PresenceEvents { channel, frames } => self.deliver_presence(&channel, &frames),
         }
     }
 
@@ -289,6 +322,8 @@ impl Router {
             "peer_queue": self.peers.queued(),
             "recoveries": self.sched.borrow().len(),
             "users_tracked": self.slots.borrow().tracked(),
+            "presence_channels": self.presence.borrow().channels(),
+            "presence_refused": self.presence.borrow().refused,
         })
     }
 }

@@ -1,11 +1,14 @@
 //! Client bytes through tungstenite's frame codec: tungstenite reads from what the socket gave
 //! us (no read buffer of ours is kept per connection) and writes its control replies into a buffer
-//! that goes to the send queue.
+//! that goes to the send queue. With permessage-deflate, `inbound` rewrites compressed frames for
+//! tungstenite on the way in and their messages are inflated here as they come out.
 
 use super::{
-    request_id, Session, CLOSE_BAD_UTF8, CLOSE_GRACE, CLOSE_NORMAL, CLOSE_PROTOCOL, CLOSE_TOO_BIG,
+    request_id, Session, CLOSE_BAD_DEFLATE, CLOSE_BAD_UTF8, CLOSE_GRACE, CLOSE_NORMAL,
+    CLOSE_PROTOCOL, CLOSE_TOO_BIG,
 };
 use crate::conn::CloseReason;
+use crate::deflate::{self, InflateError};
 use crate::message::Frame;
 use crate::protocol::ErrorCode;
 use serde_json::Value;
@@ -50,12 +53,23 @@ impl Write for Io<'_> {
     }
 }
 
+/// A data message from the client, inflated if it came compressed.
+#[derive(Clone, Copy)]
+enum Data<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
 impl Session {
-    pub(super) fn on_bytes(&mut self, bytes: &[u8]) {
+    pub(super) fn on_bytes(&mut self, bytes: &mut [u8]) {
         self.last_seen = Instant::now();
         if self.failed {
             return;
         }
+        if let Some(inbound) = self.inbound.as_mut() {
+            inbound.scan(bytes);
+        }
+        let bytes = &*bytes;
         let mut out = std::mem::take(&mut self.control_out);
         let mut io = Io {
             input: bytes,
@@ -69,31 +83,17 @@ impl Session {
                 self.conn.send(&Rc::new(Frame::raw(control)));
             }
             match read {
-                Ok(Message::Text(text)) if self.echo => {
-                    if self.admit_frame() {
-                        self.send_text(text.as_str());
-                    }
-                }
-                Ok(Message::Binary(data)) if self.echo => {
-                    if self.admit_frame() {
-                        self.conn.send(&Rc::new(Frame::binary(&data)));
-                    }
-                }
                 Ok(Message::Text(text)) => {
-                    if self.admit_frame() {
-                        self.on_request(text.as_str());
-                    } else {
-                        let id = request_id(text.as_str());
-                        self.refuse(&id, ErrorCode::LimitExceeded, "client frame rate limit");
-                    }
+                    self.next_kind();
+                    self.on_data(Data::Text(text.as_str()));
                 }
-                Ok(Message::Binary(_)) => {
-                    if self.admit_frame() {
-                        self.refuse(
-                            &Value::Null,
-                            ErrorCode::BadRequest,
-                            "binary frames are not supported; send JSON text",
-                        );
+                Ok(Message::Binary(data)) => {
+                    match self.next_kind() {
+                        Some(kind) if kind.compressed => self.on_packed(&data, kind.text),
+                        _ => self.on_data(Data::Binary(&data)),
+                    }
+                    if self.failed {
+                        break;
                     }
                 }
                 Ok(Message::Ping(_)) => {
@@ -155,6 +155,73 @@ impl Session {
         }
         out.clear();
         self.control_out = out;
+    }
+
+    /// The kind of the data message tungstenite just returned, with permessage-deflate.
+    fn next_kind(&mut self) -> Option<super::inbound::Kind> {
+        self.inbound.as_mut().map(|i| i.next_message())
+    }
+
+    /// A compressed message: inflated (bounded by `limits.max_frame_bytes`), then as any other.
+    fn on_packed(&mut self, payload: &[u8], text: bool) {
+        let max = self.shard.node.config.limits.max_frame_bytes;
+        match deflate::inflate(payload, max) {
+            Ok(raw) => {
+                self.shard.metrics.deflate[2].inc();
+                match (text, std::str::from_utf8(&raw)) {
+                    (false, _) => self.on_data(Data::Binary(&raw)),
+                    (true, Ok(t)) => self.on_data(Data::Text(t)),
+                    (true, Err(_)) => self.fail(CLOSE_BAD_UTF8),
+                }
+            }
+            Err(InflateError::TooBig) => self.fail(CLOSE_TOO_BIG),
+            Err(InflateError::Corrupt) => self.fail(CLOSE_BAD_DEFLATE),
+        }
+    }
+
+    fn on_data(&mut self, data: Data<'_>) {
+        match data {
+            _ if self.echo => {
+                if self.admit_frame() {
+                    self.echo(data);
+                }
+            }
+            Data::Text(text) => {
+                if self.admit_frame() {
+                    self.on_request(text);
+                } else {
+                    let id = request_id(text);
+                    self.refuse(&id, ErrorCode::LimitExceeded, "client frame rate limit");
+                }
+            }
+            Data::Binary(_) => {
+                if self.admit_frame() {
+                    self.refuse(
+                        &Value::Null,
+                        ErrorCode::BadRequest,
+                        "binary frames are not supported; send JSON text",
+                    );
+                }
+            }
+        }
+    }
+
+    /// Conformance echo mode: the message goes back, compressed if the client agreed to it.
+    fn echo(&mut self, data: Data<'_>) {
+        let (text, bytes) = match data {
+            Data::Text(t) => (true, t.as_bytes()),
+            Data::Binary(b) => (false, b),
+        };
+        let packed = match self.conn.deflate() {
+            Some(a) if a.takes(bytes.len()) => deflate::compress(bytes),
+            _ => None,
+        };
+        let frame = match (packed, data) {
+            (Some(p), _) => Frame::deflated(text, &p),
+            (None, Data::Text(t)) => Frame::text(t),
+            (None, Data::Binary(b)) => Frame::binary(b),
+        };
+        self.conn.send(&Rc::new(frame));
     }
 
     pub(super) fn fail(&mut self, reason: CloseReason) {

@@ -3,6 +3,7 @@
 //! vectored writes (`writer`), pings and expires (`timers`), and closes with the right code.
 
 mod codec;
+mod inbound;
 mod requests;
 mod timers;
 mod writer;
@@ -12,6 +13,7 @@ pub use requests::request_id;
 
 use crate::auth::Claims;
 use crate::conn::{CloseReason, ConnHandle};
+use crate::deflate::Agreed;
 use crate::protocol;
 use crate::route::Subscribe;
 use crate::shard::Shard;
@@ -46,6 +48,10 @@ pub(super) const CLOSE_PROTOCOL: CloseReason = CloseReason {
 pub(super) const CLOSE_BAD_UTF8: CloseReason = CloseReason {
     code: 1007,
     reason: "invalid UTF-8",
+};
+pub(super) const CLOSE_BAD_DEFLATE: CloseReason = CloseReason {
+    code: 1007,
+    reason: "invalid compressed data",
 };
 pub(super) const CLOSE_RATE: CloseReason = CloseReason {
     code: 1008,
@@ -100,6 +106,8 @@ struct Session {
     control_out: Vec<u8>,
     /// Conformance test mode (`session.echo`): data messages are echoed, nothing else.
     echo: bool,
+    /// Frame boundaries of the client's stream, with permessage-deflate only.
+    inbound: Option<Box<inbound::Inbound>>,
 }
 
 /// Runs a connection to its end. `slot` (the connection's limits, released on drop) is held
@@ -108,7 +116,8 @@ pub async fn run<S>(
     shard: Rc<Shard>,
     stream: TcpStream,
     claims: Claims,
-    leftover: Vec<u8>,
+    mut leftover: Vec<u8>,
+    deflate: Option<Agreed>,
     slot: S,
 ) {
     let cfg = &shard.node.config;
@@ -118,6 +127,7 @@ pub async fn run<S>(
             cfg.limits.queue_bytes,
             shard.metrics.clone(),
         )
+        .with_deflate(deflate)
         .with_coalescer(shard.coalescer.clone()),
     );
     let ws_config = ws_config(cfg);
@@ -153,13 +163,14 @@ pub async fn run<S>(
         half_closed: false,
         control_out: Vec::new(),
         echo: cfg.session.echo,
+        inbound: deflate.map(|_| Box::default()),
         shard,
     };
     s.shard.router.register(conn.clone());
     s.rearm(now);
     s.start();
     if !leftover.is_empty() {
-        s.on_bytes(&leftover);
+        s.on_bytes(&mut leftover);
     }
     s.run().await;
     s.finish();
@@ -215,6 +226,8 @@ impl Session {
                 since: None,
                 reply: None,
                 automatic: true,
+                presence: None,
+                join_leave: false,
             };
             router.subscribe(&self.conn, s);
         }
@@ -248,8 +261,8 @@ impl Session {
                 Event::Read(n) => {
                     {
                         let shard = self.shard.clone();
-                        let buf = shard.scratch.borrow();
-                        self.on_bytes(&buf[..n]);
+                        let mut buf = shard.scratch.borrow_mut();
+                        self.on_bytes(&mut buf[..n]);
                     }
                     // A client that keeps its socket full must not hold the shard.
                     glommio::yield_if_needed().await;

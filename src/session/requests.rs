@@ -37,6 +37,8 @@ impl Session {
             Some("unsubscribe") => self.unsubscribe(&req),
             Some("publish") => self.publish(&req),
             Some("refresh") => self.refresh(&req),
+            Some("presence") => self.presence(&req, true),
+            Some("presence_stats") => self.presence(&req, false),
             Some("ping") => {
                 self.send_text(&protocol::pong(&req.id));
                 Ok(())
@@ -87,6 +89,11 @@ impl Session {
                 )
             })?),
         };
+        let join_leave = req.join_leave == Some(true);
+        let presence = self.has_presence(ch);
+        if join_leave && !presence {
+            return Err(no_presence());
+        }
         let router = &self.shard.router;
         let automatic = self.is_automatic(ch);
         if automatic && since.is_none() {
@@ -114,8 +121,34 @@ impl Session {
             since,
             reply: Some(req.id.clone()),
             automatic,
+            presence: presence.then_some(self.claims.sub.as_str()),
+            join_leave,
         };
         router.subscribe(&self.conn, s);
+        Ok(())
+    }
+
+    /// Whether `ch` has presence (`presence.channels`); a user's own channels never do.
+    fn has_presence(&self, ch: &str) -> bool {
+        let patterns = &self.shard.node.config.presence.channels;
+        !self.is_automatic(ch) && crate::auth::allows(patterns, ch)
+    }
+
+    /// `presence` (`list`) and `presence_stats`: answered by the channel's owner shard.
+    fn presence(&mut self, req: &Request, list: bool) -> Result<(), Refusal> {
+        let ch = self.channel(req)?;
+        if !self.claims.may_subscribe(ch) {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("token does not allow subscribing to {ch}"),
+            ));
+        }
+        if !self.has_presence(ch) {
+            return Err(no_presence());
+        }
+        self.shard
+            .router
+            .presence(&self.conn, ch, req.id.clone(), list);
         Ok(())
     }
 
@@ -212,6 +245,13 @@ impl Session {
         self.shard.router.publish(publish, Some(ack));
         Ok(())
     }
+}
+
+fn no_presence() -> Refusal {
+    Refusal::new(
+        ErrorCode::BadRequest,
+        "presence is not enabled for this channel",
+    )
 }
 
 /// The `id` of a request that could not be handled in full, so the error reply can repeat it.

@@ -1,8 +1,6 @@
 // Presence against the real gateway: `presence` / `presence_stats` through the client, and
 // `join` / `leave` events for a subscription made with `joinLeave`, in Node and on the example
-// page in Chromium. The gateway side (config `presence.channels`) is built in parallel: a gateway
-// that does not know the setting refuses to start, and these tests say so and skip; with it, they
-// run.
+// page in Chromium, with the gateway's `presence.channels` set.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -13,16 +11,9 @@ import { startGateway, token, waitFor } from './harness.mjs';
 
 const fast = { initialMs: 50, maxMs: 500 };
 
-/** A 2-shard gateway with presence on room_*, or null (the test skipped) when it has none. */
+/** A 2-shard gateway with presence on room_*. */
 async function presenceGateway(t) {
-  let gw;
-  try {
-    gw = await startGateway({ shards: 2, env: { GATEWAY_PRESENCE__CHANNELS: '["room_*"]' } });
-  } catch (e) {
-    if (!/unknown field: found `presence`/.test(e.message)) throw e;
-    t.skip('this gateway build has no presence yet (it refuses the presence.channels setting)');
-    return null;
-  }
+  const gw = await startGateway({ shards: 2, env: { GATEWAY_PRESENCE__CHANNELS: '["room_*"]' } });
   t.after(() => gw.stop());
   return gw;
 }
@@ -37,7 +28,6 @@ function connector(t, gw) {
 
 test('presence, presence_stats, join and leave from the gateway', async (t) => {
   const gw = await presenceGateway(t);
-  if (!gw) return;
   const connect = connector(t, gw);
   const alice = connect('alice');
   const room = alice.subscribe('room_p', { joinLeave: true });
@@ -65,7 +55,6 @@ test('presence, presence_stats, join and leave from the gateway', async (t) => {
 
 test('the example page shows who joins, who is here and who leaves (Chromium)', async (t) => {
   const gw = await presenceGateway(t);
-  if (!gw) return;
   const origin = await staticServer(t);
   const { page, errors } = await newPage(t);
   await openExample(page, origin, { url: gw.url, channel: 'room_w', presence: '1', token: token('alice', { channels: ['room_*'] }) });
