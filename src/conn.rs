@@ -1,6 +1,7 @@
 //! The part of a connection that its shard's router sees: the bounded send queue and a way to wake
 //! or close the session task. Shard-local (`Rc`), never shared across threads.
 
+use crate::coalesce::Coalescer;
 use crate::deflate::Agreed;
 use crate::message::Frame;
 use crate::metrics::ShardMetrics;
@@ -43,6 +44,10 @@ pub struct ConnHandle {
     /// permessage-deflate as negotiated at the upgrade (None: plain frames only).
     deflate: Option<Agreed>,
     metrics: ShardMetrics,
+    /// With write coalescing on: the shard's timer that wakes this connection for message frames.
+    coalesce: Option<Rc<Coalescer>>,
+    /// Whether this connection waits for the coalescing timer's next tick.
+    listed: Rc<Cell<bool>>,
 }
 
 impl ConnHandle {
@@ -55,7 +60,15 @@ impl ConnHandle {
             room_wanted: Cell::new(false),
             deflate: None,
             metrics,
+            coalesce: None,
+            listed: Rc::default(),
         }
+    }
+
+    /// Message frames wait for `coalesce`'s tick instead of waking the session at once.
+    pub fn with_coalescer(mut self, coalesce: Option<Rc<Coalescer>>) -> ConnHandle {
+        self.coalesce = coalesce;
+        self
     }
 
     /// The connection negotiated permessage-deflate.
@@ -84,7 +97,10 @@ impl ConnHandle {
             self.metrics.dropped_low_priority.inc_by(dropped);
         }
         match outcome {
-            Push::Queued => self.wake(),
+            Push::Queued => match &self.coalesce {
+                Some(c) if frame.message => self.hold(c),
+                _ => self.wake(),
+            },
             Push::Dropped => {
                 self.metrics.dropped_low_priority.inc();
             }
@@ -138,6 +154,16 @@ impl ConnHandle {
             Some(c) if c.will_wake(w) => self.waker.set(Some(c)),
             _ => self.waker.set(Some(w.clone())),
         }
+    }
+
+    /// Lists the parked session for the coalescing tick (its waker stays, so a reply or a close
+    /// request can still wake it at once). A session that is not parked writes on its next run.
+    fn hold(&self, c: &Coalescer) {
+        let w = self.waker.take();
+        if let Some(w) = &w {
+            c.hold(&self.listed, w.clone());
+        }
+        self.waker.set(w);
     }
 
     fn wake(&self) {

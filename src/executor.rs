@@ -60,6 +60,9 @@ pub async fn run(
         kafka,
     );
     let shard = Rc::new(Shard::new(id, node.clone(), router, metrics)?);
+    if let Some(c) = shard.coalescer.clone() {
+        glommio::spawn_local(c.run()).detach();
+    }
 
     for (_, rx) in receivers {
         let shard = shard.clone();

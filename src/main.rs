@@ -54,6 +54,9 @@ struct ServeArgs {
     /// Pin each shard to its own CPU.
     #[arg(long)]
     pin_cpus: bool,
+    /// io_uring submission queue depth per ring of each shard.
+    #[arg(long)]
+    ring_depth: Option<usize>,
     /// HS256 shared secret.
     #[arg(long)]
     jwt_secret: Option<String>,
@@ -141,6 +144,9 @@ struct ServeArgs {
     /// Seconds before `exp` that `refresh_due` is sent.
     #[arg(long)]
     refresh_notice_secs: Option<u64>,
+    /// Hold message frames up to this many ms to write them together (0 = off).
+    #[arg(long)]
+    write_delay_ms: Option<u64>,
     /// Test-only admin hooks (`POST /debug/stall`); never in production.
     #[arg(long, hide = true)]
     test_hooks: bool,
@@ -220,6 +226,7 @@ impl ServeArgs {
         set(&mut o, "admin_listen", self.admin_listen);
         set(&mut o, "shards", self.shards);
         set(&mut o, "pin_cpus", self.pin_cpus.then_some(true));
+        set(&mut o, "ring_depth", self.ring_depth);
         set(&mut o, "drain_timeout_ms", self.drain_timeout_ms);
         set(&mut o, "auth.jwt_secret", self.jwt_secret);
         set(&mut o, "auth.jwt_algorithm", self.jwt_algorithm);
@@ -260,6 +267,7 @@ impl ServeArgs {
             self.handshake_timeout_ms,
         );
         set(&mut o, "session.heartbeat_ms", self.heartbeat_ms);
+        set(&mut o, "session.write_delay_ms", self.write_delay_ms);
         set(&mut o, "history.size", self.history_size);
         set(&mut o, "history.ttl_secs", self.history_ttl_secs);
         set(&mut o, "history.max_bytes", self.history_max_bytes);

@@ -95,6 +95,8 @@ pub struct ShardMetrics {
     pub queue_bytes: Gauge,
     pub messages_in: Counter,
     pub delivered: Counter,
+    /// Writes (`sendmsg` calls that wrote something) to client sockets.
+    pub socket_writes: Counter,
     pub dropped_low_priority: Counter,
     pub slow_consumer_closes: Counter,
     pub rate_limited: Counter,
@@ -188,6 +190,11 @@ impl Metrics {
         let delivered = family!(
             "messages_delivered",
             "Messages written to client sockets",
+            Counter
+        );
+        let socket_writes = family!(
+            "socket_writes",
+            "Vectored writes to client sockets; messages_delivered / socket_writes is frames per write",
             Counter
         );
         let dropped = family!(
@@ -314,6 +321,7 @@ impl Metrics {
                     queue_bytes: queue_bytes.get_or_create(&l).clone(),
                     messages_in: messages_in.get_or_create(&l).clone(),
                     delivered: delivered.get_or_create(&l).clone(),
+                    socket_writes: socket_writes.get_or_create(&l).clone(),
                     dropped_low_priority: dropped.get_or_create(&l).clone(),
                     slow_consumer_closes: slow.get_or_create(&l).clone(),
                     rate_limited: rate_limited.get_or_create(&l).clone(),

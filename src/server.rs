@@ -140,6 +140,7 @@ pub fn start(config: Config) -> Result<Running> {
             .name(&format!("shard-{i}"))
             // The network path needs no registered buffers; keep locked memory small.
             .io_memory(128 << 10)
+            .ring_depth(node.config.ring_depth)
             .spawn(move || async move {
                 if let Err(e) = executor::run(node, i, mesh, controls, ready).await {
                     tracing::error!(error = %format!("{e:#}"), "shard failed");

@@ -1,6 +1,7 @@
 //! One shard's state: a glommio executor on its own thread owns its connections, their channel
 //! memberships and send queues (the router), and the channels hashed to it. `executor` runs it.
 
+use crate::coalesce::Coalescer;
 use crate::metrics::ShardMetrics;
 use crate::node::Node;
 use crate::route::Router;
@@ -21,6 +22,8 @@ pub struct Shard {
     pub router: Router,
     pub metrics: ShardMetrics,
     pub scratch: RefCell<Vec<u8>>,
+    /// Write coalescing (`session.write_delay_ms`), when on; its tick task runs in the executor.
+    pub coalescer: Option<Rc<Coalescer>>,
     /// Delivery latency in microseconds, for `/stats`.
     pub latency: RefCell<Histogram<u64>>,
     next_conn: Cell<u64>,
@@ -33,12 +36,14 @@ pub struct Shard {
 impl Shard {
     pub fn new(id: usize, node: Arc<Node>, router: Router, metrics: ShardMetrics) -> Result<Shard> {
         let rate = f64::from(node.config.limits.connect_rate_per_sec);
+        let coalescer = Coalescer::new(node.config.session.write_delay_ms);
         Ok(Shard {
             id,
             node,
             router,
             metrics,
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+            coalescer,
             latency: RefCell::new(
                 Histogram::new_with_bounds(1, 60_000_000, 3).context("latency histogram")?,
             ),

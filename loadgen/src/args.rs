@@ -62,6 +62,10 @@ pub struct Args {
     /// Messages per second over all rooms (open loop).
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
+    /// Each message goes to a room drawn at random instead of the next in turn, so a connection's
+    /// messages arrive as from many independent publishers (Poisson-like) rather than evenly spaced.
+    #[arg(long)]
+    pub random_rooms: bool,
     /// Seconds of publishing.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,

@@ -201,6 +201,7 @@ fn run(args: Args) -> Result<()> {
         rate: args.rate,
         duration: Duration::from_secs_f64(args.duration),
         rooms: args.rooms,
+        random_rooms: args.random_rooms,
         room_prefix: args.room_prefix.clone(),
         payload_bytes: args.payload_bytes,
         payload_json: args.payload_json,

@@ -1,7 +1,7 @@
 //! Open-loop publishing: message `i` is due at `start + i / rate` whatever happened before, and its
 //! payload carries that due time, so a stalled publisher or server shows up as latency instead of
-//! hiding it (no coordinated omission). Message `i` goes to room `i % rooms` as that room's
-//! sequence number `i / rooms`.
+//! hiding it (no coordinated omission). Message `i` goes to room `i % rooms` (or a random
+//! room, `--random-rooms`) as that room's next sequence number.
 
 use anyhow::{anyhow, bail, Context, Result};
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
@@ -31,6 +31,8 @@ pub struct Plan {
     pub rate: f64,
     pub duration: Duration,
     pub rooms: usize,
+    /// Rooms drawn at random per message (else round-robin).
+    pub random_rooms: bool,
     pub room_prefix: String,
     pub payload_bytes: usize,
     /// Padding as JSON records rather than one repeated character.
@@ -128,8 +130,13 @@ pub async fn run(plan: &Plan, tick: impl Fn(u64)) -> Result<Sent> {
     for i in 0..total {
         let offset = interval.mul_f64(i as f64);
         tokio::time::sleep_until(start + offset).await;
-        let room = (i as usize) % plan.rooms;
-        let seq = i / plan.rooms as u64;
+        let room = if plan.random_rooms {
+            rand::random_range(0..plan.rooms)
+        } else {
+            (i as usize) % plan.rooms
+        };
+        // A room's messages are numbered from 0 in publish order (round-robin: i / rooms).
+        let seq = sent.per_room.get(&room).copied().unwrap_or(0);
         let due = unix_ns(start_wall + offset);
         let name = format!("{}{room}", plan.room_prefix);
         let data = payload(seq, due, room, plan.payload_bytes, plan.payload_json);

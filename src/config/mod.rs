@@ -27,6 +27,10 @@ pub struct Config {
     pub shards: usize,
     /// Pin each shard to its own CPU.
     pub pin_cpus: bool,
+    /// io_uring submission queue depth per ring of each shard. The kernel sizes its cancel-lookup
+    /// hash table from it: every armed socket poll sits in that table, and glommio cancels and
+    /// re-arms a timer on every reactor pass, which walks one bucket.
+    pub ring_depth: usize,
     /// Time allowed for connections to close after SIGTERM/SIGINT.
     pub drain_timeout_ms: u64,
     pub auth: AuthConfig,
@@ -212,6 +216,9 @@ pub struct SessionConfig {
     pub deflate: bool,
     /// Messages shorter than this go uncompressed to every client.
     pub deflate_min_bytes: usize,
+    /// Write coalescing: message frames for a connection are held up to this long (ms) and
+    /// leave together in one vectored write; 0 = off (each wake writes at once).
+    pub write_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -233,6 +240,7 @@ impl Default for Config {
             admin_listen: "127.0.0.1:9090".parse().expect("static address"),
             shards: 0,
             pin_cpus: false,
+            ring_depth: 2048,
             drain_timeout_ms: 10_000,
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
@@ -296,6 +304,7 @@ impl Default for SessionConfig {
             echo: false,
             deflate: true,
             deflate_min_bytes: 128,
+            write_delay_ms: 0,
         }
     }
 }

@@ -27,6 +27,12 @@ impl Config {
         if self.session.heartbeat_ms < 100 {
             bail!("session.heartbeat_ms must be at least 100");
         }
+        if !(16..=32768).contains(&self.ring_depth) || !self.ring_depth.is_power_of_two() {
+            bail!("ring_depth must be a power of two from 16 to 32768");
+        }
+        if self.session.write_delay_ms > 1000 {
+            bail!("session.write_delay_ms must be at most 1000");
+        }
         if self.history.size == 0 {
             bail!("history.size must be positive");
         }

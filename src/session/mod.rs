@@ -129,7 +129,8 @@ pub fn run<S>(
             cfg.limits.queue_bytes,
             shard.metrics.clone(),
         )
-        .with_deflate(deflate),
+        .with_deflate(deflate)
+        .with_coalescer(shard.coalescer.clone()),
     );
     let ws_config = ws_config(cfg);
     let now = Instant::now();

@@ -50,6 +50,9 @@ impl Session {
                     Err(e) => return Err(e),
                 }
             };
+            if written > 0 {
+                self.shard.metrics.socket_writes.inc();
+            }
             self.advance(written);
         }
         // More to write: let other connections run first.
