@@ -6,7 +6,5 @@ if [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
   exit 0
 fi
 echo "installing chromium (headless browser for the JavaScript client's tests)..." >&2
-SUDO=""
-[ "$(id -u)" = 0 ] || SUDO=sudo
-$SUDO apt-get update -qq >&2
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >&2
+# With its recommends (fonts among them), as the page is rendered.
+APT_RECOMMENDS=1 "$(dirname "$0")/apt-install.sh" chromium

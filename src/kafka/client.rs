@@ -12,6 +12,29 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The longest pause between two tries of a failed Kafka call.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Calls `f` until it succeeds, doubling the pause between tries from 100 ms to [`MAX_BACKOFF`];
+/// `failed` hears each error (to log it and report it where the caller keeps its health).
+pub async fn retry<T, F, Fut>(mut failed: impl FnMut(&anyhow::Error), mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                failed(&e);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
 /// rskafka retries internally; a deadline makes a lost broker surface as an error we can report.
 fn backoff() -> BackoffConfig {
     BackoffConfig {

@@ -2,7 +2,7 @@
 //! runs one consumer task per partition, produces client publishes, and hands `since` reads to the
 //! partition's reader (`read`).
 
-use super::client::{self, Producer};
+use super::client::{self, Producer, MAX_BACKOFF};
 use super::decode::{decode, Reject};
 use super::handoff;
 use super::read::{ReadCfg, Readers};
@@ -27,9 +27,6 @@ use tokio::task::spawn_local;
 const COMMAND_QUEUE: usize = 4096;
 /// Batches in flight to the shard; when full, fetching pauses.
 const HANDOFF_BATCHES: usize = 256;
-/// Longest wait between retries, so a recovered broker is noticed soon.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
 /// What the I/O thread's tasks share.
 struct Ctx {
     shard: usize,
@@ -244,25 +241,18 @@ async fn discover(ctx: Rc<Ctx>, client: Arc<Client>, producer: Arc<Producer>) {
     }
 }
 
-/// Calls `f` until it succeeds, reporting failures and backing off.
-async fn retry<T, F, Fut>(ctx: &Ctx, what: &str, mut f: F) -> T
+/// Calls `f` until it succeeds, reporting failures in the shard's Kafka health and backing off.
+async fn retry<T, F, Fut>(ctx: &Ctx, what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => {
-                tracing::warn!(shard = ctx.shard, error = %format!("{e:#}"), "{what}; retrying");
-                ctx.stats
-                    .set_up(ctx.shard, false, Some(format!("{what}: {e:#}")));
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
+    let failed = |e: &anyhow::Error| {
+        tracing::warn!(shard = ctx.shard, error = %format!("{e:#}"), "{what}; retrying");
+        ctx.stats
+            .set_up(ctx.shard, false, Some(format!("{what}: {e:#}")));
+    };
+    client::retry(failed, f).await
 }
 
 /// The high watermark, read from a fetch (some brokers answer ListOffsets(Latest) wrongly).

@@ -7,7 +7,7 @@
 //! one batch at a time, in order. A write that fails (or a liveness that could not be written for
 //! a ttl) makes every owner write its counts again once the broker answers (`Update::Rewrite`).
 
-use super::client::{self, partition_client, partition_for};
+use super::client::{self, partition_client, partition_for, MAX_BACKOFF};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::presence::{alive_record, decode, member_record, Mirror, Rec, Update};
@@ -20,13 +20,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
 
 /// Batches of writes waiting for the writer; an owner whose batch does not fit keeps its changes
 /// for its next batch.
 const SINK_BATCHES: usize = 1024;
 /// Batches of decoded records waiting between the partition readers and the mirror.
 const READ_BATCHES: usize = 64;
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A write the broker has not acknowledged by then counts as failed (and is retried): a lost
 /// broker connection must not hold the reader and the expiry checks behind it for long.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -100,6 +100,10 @@ async fn run(
     let mut mirror = Mirror::new(&node, ttl_ms, cfg.presence.max_remote_entries);
     let mut alive = tokio::time::interval(Duration::from_millis(ttl_ms / 3).max(MIN_PERIOD));
     let mut expire = tokio::time::interval(Duration::from_millis(ttl_ms / 10).max(MIN_PERIOD));
+    // After a write that waited for its timeout, one tick, not a burst of them: the pending
+    // counts must get their turn in the loop.
+    alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    expire.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_written = now_ms();
     let mut rewrite = false;
     // Counts whose write failed, latest per key: retried before anything later of the key.
@@ -121,6 +125,9 @@ async fn run(
             _ = alive.tick() => {
                 let (key, value) = alive_record(&node, now_ms());
                 let ok = produce(&pcs[0], vec![record(key, Some(value))], &written).await;
+                if !ok {
+                    written[2].inc();
+                }
                 if ok && !failed.is_empty() {
                     write(&pcs, &node, &mut failed, &written).await;
                 }
@@ -182,23 +189,16 @@ async fn connect(cfg: &Config, topic: &str) -> (Arc<Client>, i32) {
     }
 }
 
-/// Retries `f` with backoff until it succeeds.
-async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
+/// Retries `f` with backoff until it succeeds, logging each failure.
+async fn retry<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "presence: {what} failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
+    let failed = |e: &anyhow::Error| {
+        tracing::warn!(error = %format!("{e:#}"), "presence: {what} failed; retrying");
+    };
+    client::retry(failed, f).await
 }
 
 fn record(key: Vec<u8>, value: Option<Vec<u8>>) -> Record {
