@@ -11,6 +11,7 @@ mod counts;
 mod hold;
 mod hold_conn;
 mod hold_worker;
+mod open;
 mod publish;
 mod report;
 mod resume;

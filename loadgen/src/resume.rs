@@ -5,10 +5,11 @@
 //! resumed connection; the time from noticing the loss to the resubscribe's `ok` is the reconnect
 //! time.
 
-use crate::counts::{close, fail, State};
+use crate::counts::{close, State};
+use crate::open::{open_counted, NotOpened};
 use crate::resume_frames::{pos_of, reply_of, subscribe_text, Reply};
 use crate::stats::{self, SeqTrack};
-use crate::worker::{open, room_name, WorkerCfg};
+use crate::worker::{room_name, WorkerCfg};
 use crate::ws::{self, Frame, Target};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -219,28 +220,13 @@ impl Conn {
         stop: &mut watch::Receiver<bool>,
         lost_at: Option<Instant>,
     ) -> Outcome {
-        let t0 = Instant::now();
         let first = lost_at.is_none();
-        let (mut stream, rest) = tokio::select! {
-            _ = stop.changed() => return Outcome::Stopped,
-            r = open(cfg, target, g, &self.room_name, None) => match r {
-                Ok(v) => v,
-                Err(label) => {
-                    fail(state, label, first);
-                    return Outcome::Failed;
-                }
-            },
+        let opened = open_counted(cfg, target, g, &self.room_name, state, stop, first).await;
+        let (mut stream, rest) = match opened {
+            Ok(v) => v,
+            Err(NotOpened::Stopped) => return Outcome::Stopped,
+            Err(NotOpened::Failed) => return Outcome::Failed,
         };
-        {
-            let mut s = state.borrow_mut();
-            if let Some(h) = s.connect.as_mut() {
-                stats::record(h, t0.elapsed().as_micros() as u64);
-            }
-            if first {
-                s.connected += 1;
-                s.attempted += 1;
-            }
-        }
         self.requests += 1;
         let since = if first { None } else { self.pos.as_deref() };
         let req = subscribe_text(&self.room_name, self.requests, since);

@@ -2,7 +2,8 @@
 //! server treats them (closes, with which code).
 
 use crate::counts::{fail, State};
-use crate::worker::{open, room_name, subscribe_frame, Server, WorkerCfg};
+use crate::open::{open, subscribe_frame};
+use crate::worker::{room_name, Server, WorkerCfg};
 use crate::ws::{self, Frame, Target};
 use std::cell::RefCell;
 use std::rc::Rc;

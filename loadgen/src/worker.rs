@@ -6,7 +6,8 @@
 //! `stop <published per room>` on stdin and prints `{"result":…}`.
 
 use crate::common::emit;
-use crate::counts::{close, fail, State};
+use crate::counts::{close, State};
+use crate::open::{open_counted, subscribe_frame, NotOpened};
 use crate::stats::{self, SeqTrack, WorkerResult};
 use crate::ws::{self, Frame, Target};
 use anyhow::{Context, Result};
@@ -16,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -262,42 +263,6 @@ async fn connection(
     }
 }
 
-fn ws_path(cfg: &WorkerCfg, g: usize, room_name: &str) -> String {
-    match cfg.server {
-        Server::Gateway => format!("{}?token={}", cfg.path, cfg.tokens[g % cfg.tokens.len()]),
-        Server::Nchan => format!("{}?id={room_name}", cfg.path),
-    }
-}
-
-pub(crate) fn subscribe_frame(room_name: &str) -> Vec<u8> {
-    let sub = format!(r#"{{"type":"subscribe","id":"s","channel":"{room_name}"}}"#);
-    ws::client_frame(1, sub.as_bytes())
-}
-
-/// Connects connection `g` (from its source address, within the connect timeout) and upgrades.
-pub(crate) async fn open(
-    cfg: &WorkerCfg,
-    target: &Target,
-    g: usize,
-    room_name: &str,
-    recv_buffer: Option<u32>,
-) -> Result<(tokio::net::TcpStream, Vec<u8>), String> {
-    let path = ws_path(cfg, g, room_name);
-    let source = (!cfg.sources.is_empty()).then(|| cfg.sources[g % cfg.sources.len()]);
-    let timeout = Duration::from_millis(cfg.connect_timeout_ms);
-    let offer = cfg.deflate.then_some(ws::DEFLATE);
-    match tokio::time::timeout(
-        timeout,
-        ws::connect_offering(target, source, &path, recv_buffer, offer),
-    )
-    .await
-    {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.label()),
-        Err(_) => Err(ws::ConnectError::Timeout.label()),
-    }
-}
-
 /// One connection from connect to close. Stable connections account for every message in
 /// `track`; churning ones (`lifetime`) only record latency.
 #[allow(clippy::too_many_arguments)]
@@ -313,27 +278,12 @@ async fn session(
 ) -> Ended {
     let room = g % cfg.rooms;
     let room_name = room_name(&cfg.room_prefix, room);
-    let t0 = Instant::now();
-    let (mut stream, rest) = tokio::select! {
-        _ = stop.changed() => return Ended::Stopped,
-        r = open(cfg, target, g, &room_name, None) => match r {
+    let (mut stream, rest) =
+        match open_counted(cfg, target, g, &room_name, state, stop, first).await {
             Ok(v) => v,
-            Err(label) => {
-                fail(state, label, first);
-                return Ended::ConnectFailed;
-            }
-        },
-    };
-    {
-        let mut s = state.borrow_mut();
-        if let Some(h) = s.connect.as_mut() {
-            stats::record(h, t0.elapsed().as_micros() as u64);
-        }
-        if first {
-            s.connected += 1;
-            s.attempted += 1;
-        }
-    }
+            Err(NotOpened::Stopped) => return Ended::Stopped,
+            Err(NotOpened::Failed) => return Ended::ConnectFailed,
+        };
     if cfg.server == Server::Gateway
         && stream
             .write_all(&subscribe_frame(&room_name))
