@@ -78,14 +78,7 @@ fn expect_round(
 
 #[test]
 fn a_cut_broker_degrades_health_and_nothing_is_lost_or_repeated_after() {
-    let (proxy, broker) = (0..5)
-        .find_map(|_| {
-            let tansu_port = free_port();
-            let proxy = KafkaProxy::start(tansu_port);
-            let broker = Broker::try_start(tansu_port, proxy.port).ok()?;
-            Some((proxy, broker))
-        })
-        .expect("Tansu behind the proxy did not start in 5 attempts");
+    let (proxy, broker) = broker_behind_proxy();
     let kafka = Kafka::connect(&broker.addr());
     let gw = standard_gateway(&kafka, &broker.addr(), &[]);
     assert!(

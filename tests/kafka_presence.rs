@@ -122,14 +122,7 @@ fn presence_spans_nodes_and_a_killed_node_expires() {
 
 #[test]
 fn a_node_cut_from_kafka_expires_and_comes_back_with_what_changed_meanwhile() {
-    let (proxy, broker) = (0..5)
-        .find_map(|_| {
-            let tansu_port = free_port();
-            let proxy = KafkaProxy::start(tansu_port);
-            let broker = Broker::try_start(tansu_port, proxy.port).ok()?;
-            Some((proxy, broker))
-        })
-        .expect("Tansu behind the proxy did not start in 5 attempts");
+    let (proxy, broker) = broker_behind_proxy();
     let kafka = Kafka::connect(&broker.addr());
     kafka.create_topic("push", 2);
     kafka.create_topic("up", 1);

@@ -825,6 +825,19 @@ impl KafkaProxy {
     }
 }
 
+/// Tansu advertising a [`KafkaProxy`] in front of it, so clients reach it only through the proxy
+/// (a few tries: a free port can be taken before Tansu binds it).
+pub fn broker_behind_proxy() -> (KafkaProxy, Broker) {
+    (0..5)
+        .find_map(|_| {
+            let tansu_port = free_port();
+            let proxy = KafkaProxy::start(tansu_port);
+            let broker = Broker::try_start(tansu_port, proxy.port).ok()?;
+            Some((proxy, broker))
+        })
+        .expect("Tansu behind the proxy did not start in 5 attempts")
+}
+
 impl Drop for KafkaProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
