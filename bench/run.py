@@ -49,17 +49,6 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
-def rss_kib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def wait_port(port, timeout=10):
     import socket
     end = time.time() + timeout
@@ -194,13 +183,13 @@ def run_one(server, conns, room_size, per_conn_rate, duration, out, sources, ext
     pid = server.start(conns)
     try:
         time.sleep(0.5)
-        rss0 = rss_kib(pid)
+        rss0 = gwtools.rss_kib(pid)
         peak = [rss0]
         stop = threading.Event()
 
         def sample():
             while not stop.is_set():
-                peak[0] = max(peak[0], rss_kib(pid))
+                peak[0] = max(peak[0], gwtools.rss_kib(pid))
                 time.sleep(0.2)
 
         t = threading.Thread(target=sample, daemon=True)

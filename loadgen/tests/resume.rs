@@ -4,6 +4,8 @@
 //! with nothing lost or repeated. The same as `tests/cluster.rs` without network namespaces or a load
 //! balancer, so it runs anywhere Tansu does (scripts/install-tansu.sh).
 
+mod tansu;
+
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -19,50 +21,6 @@ impl Drop for Owned {
             let _ = c.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// Tansu on a free port, with in-memory storage; its address.
-fn broker() -> (Owned, String) {
-    let bin = std::env::var("TANSU").unwrap_or_else(|_| {
-        let p = format!(
-            "{}/.cargo/bin/tansu",
-            std::env::var("HOME").unwrap_or_default()
-        );
-        if std::path::Path::new(&p).exists() {
-            p
-        } else {
-            "tansu".into()
-        }
-    });
-    let addr = format!("127.0.0.1:{}", free_port());
-    let url = format!("tcp://{addr}");
-    let child = Command::new(&bin)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin} ({e}): run scripts/install-tansu.sh"));
-    let owned = Owned(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not start on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (owned, addr)
 }
 
 fn stats(admin: SocketAddr) -> Value {
@@ -120,7 +78,8 @@ fn delivered(admin: SocketAddr) -> u64 {
 
 #[test]
 fn clients_resume_on_a_new_gateway_and_lose_nothing() {
-    let (_kafka, kafka) = broker();
+    let broker = tansu::broker();
+    let kafka = broker.1.clone();
     let first = gateway(&kafka, "127.0.0.1:0");
     let addr = first.ws_addr;
     let conns = 60;

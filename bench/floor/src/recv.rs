@@ -105,23 +105,11 @@ pub fn main() -> Result<()> {
             let s = &mut socks[ev.u64 as usize];
             loop {
                 match s.read(&mut buf) {
-                    Ok(0) => {
-                        // SAFETY: removing a descriptor we registered.
-                        unsafe {
-                            libc::epoll_ctl(
-                                ep,
-                                libc::EPOLL_CTL_DEL,
-                                s.as_raw_fd(),
-                                std::ptr::null_mut(),
-                            )
-                        };
-                        open -= 1;
-                        break;
-                    }
-                    Ok(k) => bytes += k as u64,
+                    Ok(k) if k > 0 => bytes += k as u64,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        // SAFETY: as above.
+                    // End of stream or a failed read: the socket is done.
+                    _ => {
+                        // SAFETY: removing a descriptor we registered.
                         unsafe {
                             libc::epoll_ctl(
                                 ep,
